@@ -1,0 +1,41 @@
+"""Config loading: YAML + dotted overrides, type checks, unknown keys rejected with the valid ones."""
+import pytest
+
+from dpo.config import Config, ConfigError, load_config, save_config
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  name: ipo\n  beta: 0.5\ntrain:\n  lr: 1e-6\n  batch_size: 32\n")
+    config = load_config(str(path), ["loss.beta=0.25", "train.out_dir=2024", "loss.options={k: 1}"])
+    assert config.loss.name == "ipo" and config.loss.beta == 0.25
+    assert config.train.lr == 1e-6 and isinstance(config.train.lr, float)  # "1e-6" is a str to PyYAML
+    assert config.train.batch_size == 32 and config.train.out_dir == "2024"
+    assert config.loss.options == {"k": 1}
+    assert config.model == Config().model
+
+
+def test_unknown_key_lists_valid_ones(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  betta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'loss.betta'; valid keys: loss.name, loss.beta"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'trian'; valid keys: model, reference"):
+        load_config(None, ["trian.lr=1"])
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"command line: key 'train.batch_size' expects int, got str 'big'"):
+        load_config(None, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match=r"key 'train.resume' expects bool, got int 1"):
+        load_config(None, ["train.resume=1"])
+    with pytest.raises(ConfigError, match=r"key 'loss' expects a mapping"):
+        load_config(None, ["loss=3"])
+    with pytest.raises(ConfigError, match=r"not of the form key=value"):
+        load_config(None, ["loss.beta"])
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    config = load_config(None, ["loss.beta=0.3", "model.n_layer=2"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == config
