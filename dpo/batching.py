@@ -1,0 +1,394 @@
+"""Tokenization with explicit truncation, padding into batches, and the seeded distributed batch schedule.
+
+Token layout (the authors' reference code): prompt, chosen and rejected are tokenized SEPARATELY with no
+special tokens, EOS is appended once to each response, and a sequence is prompt_ids + response_ids.
+labels = input_ids with every prompt position set to IGNORE_INDEX (−100); padding gets −100 too (the
+reference code once padded labels with the pad id: a silent bug). labels are aligned with input_ids, not
+shifted: the log-prob code compares logits[:, :-1] with labels[:, 1:]. No text may contain EOS: checked on
+the ids (dpo.tokenizer encodes a literal "<|endoftext|>" as plain text, so this fires only with tokenizers
+that turn special-token strings into their ids).
+
+Why tokenize apart: a BPE tokenizer can merge across the prompt|response boundary (a response starting
+without a space glues onto the prompt's last word), and then encode(prompt + response) has no clean
+split. Tokenizing apart keeps prompt ids identical for chosen and rejected and makes the response exactly
+the tokens its log-prob is summed over. The dataset summary reports how often the two tokenizations differ
+(GPT-2 on tldr-mini: 0 of 8,000 with our " summary" responses, 18 of 8,000 without the leading space).
+
+Truncation (DataConfig.truncation, with max_length, max_prompt_length and prompt_truncation_side):
+- "reference": the authors' code. If prompt + longer response > max_length, the prompt is cut to
+  max_prompt_length tokens (keep_start: its first tokens; keep_end: its last, used for HH dialogue); if
+  still too long, every response is cut to max_length − max_prompt_length tokens, which can remove its
+  EOS. Never drops an example. With an empty prompt (IMDB SFT, plain text) responses are still cut to
+  max_length − max_prompt_length, so set max_prompt_length small for such data.
+- "keep_response": responses are never cut (EOS always kept). The prompt is cut by just as many tokens as
+  needed to fit max_length (max_prompt_length is not used); if that would leave no prompt token (or the
+  prompt is empty and the response alone is too long), the example is dropped and counted.
+"""
+import hashlib
+import math
+
+import torch
+
+from dpo import data
+from dpo.data import DataError, percentiles
+
+IGNORE_INDEX = -100
+TRUNCATIONS = ("reference", "keep_response")
+PROMPT_TRUNCATION_SIDES = ("keep_start", "keep_end")
+DROP_RESPONSE_TOO_LONG = "response longer than max_length allows (truncation=keep_response)"
+
+
+def check_truncation(max_length: int, max_prompt_length: int, truncation: str, prompt_truncation_side: str):
+    if truncation not in TRUNCATIONS:
+        raise DataError(f"truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
+    if prompt_truncation_side not in PROMPT_TRUNCATION_SIDES:
+        raise DataError(f"prompt_truncation_side must be keep_start or keep_end; got {prompt_truncation_side!r}")
+    if not 0 < max_prompt_length < max_length:
+        raise DataError(f"need 0 < max_prompt_length < max_length; got {max_prompt_length} and {max_length}")
+
+
+def truncate(prompt: list[int], responses: list[list[int]], *, max_length: int, max_prompt_length: int,
+             truncation: str = "reference", prompt_truncation_side: str = "keep_start"):
+    """Fit prompt + each response (EOS already appended) into max_length, as the module docstring says.
+    Returns (prompt, responses, drop_reason); drop_reason is None when the example is kept."""
+    longest = max(len(r) for r in responses)
+    if len(prompt) + longest <= max_length:
+        return prompt, responses, None
+    if truncation == "reference":
+        keep = max_prompt_length
+    else:
+        keep = max_length - longest
+        if keep < 1:
+            return prompt, responses, DROP_RESPONSE_TOO_LONG
+    if len(prompt) > keep:
+        prompt = prompt[:keep] if prompt_truncation_side == "keep_start" else prompt[len(prompt) - keep:]
+    if truncation == "reference" and len(prompt) + longest > max_length:
+        responses = [r[:max_length - max_prompt_length] for r in responses]
+    return prompt, responses, None
+
+
+def _encode(tokenizer, text: str, what: str, source: str, cache: dict | None = None) -> list[int]:
+    if cache is not None and text in cache:
+        return cache[text]
+    ids = list(tokenizer.encode(text))
+    if tokenizer.eos_id in ids:
+        raise DataError(f"{source}: {what} contains the EOS token (id {tokenizer.eos_id}); text must not contain it")
+    if cache is not None:
+        cache[text] = ids
+    return ids
+
+
+def encode_example(example: dict, tokenizer, cache: dict | None = None) -> dict:
+    """Token ids of an example's parts, untruncated: {"prompt": ids, "<response>": ids + [EOS], ...} for
+    responses "chosen"/"rejected" (preference) or "completion" (SFT). `cache` memoises prompts (TL;DR
+    comparisons repeat each post many times)."""
+    source = example.get("source", "example")
+    ids = {"prompt": _encode(tokenizer, example["prompt"], "prompt", source, cache)}
+    for key in ("chosen", "rejected", "completion"):
+        if key in example:
+            ids[key] = _encode(tokenizer, example[key], key, source) + [tokenizer.eos_id]
+    return ids
+
+
+def _sequence(prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + response
+
+
+def _build(ids: dict, response_keys: tuple, eos_id: int, **truncation_args):
+    """Truncate and lay out one encoded example. Returns (tokenized dict, None) or (None, drop reason)."""
+    prompt, responses, reason = truncate(ids["prompt"], [ids[k] for k in response_keys], **truncation_args)
+    if reason is not None:
+        return None, reason
+    out = {"prompt_input_ids": prompt, "prompt_truncated": len(prompt) < len(ids["prompt"]),
+           "responses_truncated": sum(len(r) < len(ids[k]) for k, r in zip(response_keys, responses)),
+           "eos_removed": sum(r[-1:] != [eos_id] for r in responses)}
+    if response_keys == ("completion",):
+        out["input_ids"], out["labels"] = _sequence(prompt, responses[0])
+    else:
+        for key, response in zip(response_keys, responses):
+            out[f"{key}_input_ids"], out[f"{key}_labels"] = _sequence(prompt, response)
+    return out, None
+
+
+def tokenize_preference(example: dict, tokenizer, *, max_length: int, max_prompt_length: int,
+                        truncation: str = "reference", prompt_truncation_side: str = "keep_start"):
+    """{"prompt", "chosen", "rejected"} -> ({"prompt_input_ids", "chosen_input_ids", "chosen_labels",
+    "rejected_input_ids", "rejected_labels", "prompt_truncated", "responses_truncated", "eos_removed"},
+    None), or (None, drop reason)."""
+    check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
+    return _build(encode_example(example, tokenizer), ("chosen", "rejected"), tokenizer.eos_id,
+                  max_length=max_length, max_prompt_length=max_prompt_length, truncation=truncation,
+                  prompt_truncation_side=prompt_truncation_side)
+
+
+def tokenize_sft(example: dict, tokenizer, *, max_length: int, max_prompt_length: int,
+                 truncation: str = "reference", prompt_truncation_side: str = "keep_start"):
+    """{"prompt", "completion"} -> ({"prompt_input_ids", "input_ids", "labels", ...flags}, None) or
+    (None, drop reason). With an empty prompt the first completion token gets no loss (nothing precedes it)."""
+    check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
+    return _build(encode_example(example, tokenizer), ("completion",), tokenizer.eos_id,
+                  max_length=max_length, max_prompt_length=max_prompt_length, truncation=truncation,
+                  prompt_truncation_side=prompt_truncation_side)
+
+
+def tokenize_lm_blocks(texts: list[str], tokenizer, block_size: int) -> list[dict]:
+    """Language modelling from scratch (nanoGPT style): every text + EOS, concatenated and cut into blocks
+    of block_size tokens, every position trained. The last block may be shorter (collation pads it)."""
+    stream = []
+    for i, text in enumerate(texts):
+        stream += _encode(tokenizer, text, "text", f"text {i}") + [tokenizer.eos_id]
+    return [{"prompt_input_ids": [], "input_ids": stream[i:i + block_size], "labels": stream[i:i + block_size],
+             "index": i // block_size} for i in range(0, len(stream), block_size)]
+
+
+def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: int, max_prompt_length: int,
+                     truncation: str = "reference", prompt_truncation_side: str = "keep_start",
+                     boundary_checks: int = 256):
+    """Tokenize a whole dataset ("preference" or "sft" examples). Returns (kept, stats): kept examples carry
+    "index" (their position in `kept`, the key of the reference log-prob cache) and "source"; stats feed
+    data.format_summary: counts kept / dropped by reason / truncated, token-length percentiles before
+    truncation, and how often, among the first `boundary_checks` examples, encode(prompt + response)
+    differs from encode(prompt) + encode(response)."""
+    check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
+    if kind not in ("preference", "sft"):
+        raise DataError(f"kind must be preference or sft; got {kind!r}")
+    response_keys = ("chosen", "rejected") if kind == "preference" else ("completion",)
+    kept, dropped, cache = [], {}, {}
+    lengths = {key: [] for key in ("prompt",) + response_keys}
+    stats = {"examples": len(examples), "kept": 0, "dropped": dropped, "prompts_truncated": 0,
+             "responses_truncated": 0, "eos_removed": 0, "truncation": truncation, "max_length": max_length,
+             "max_prompt_length": max_prompt_length, "prompt_truncation_side": prompt_truncation_side,
+             "boundary_checked": 0, "boundary_differs": 0}
+    for i, example in enumerate(examples):
+        ids = encode_example(example, tokenizer, cache)
+        for key in lengths:
+            lengths[key].append(len(ids[key]))
+        if i < boundary_checks:
+            joint = tokenizer.encode(example["prompt"] + example[response_keys[0]])
+            stats["boundary_checked"] += 1
+            stats["boundary_differs"] += joint != ids["prompt"] + ids[response_keys[0]][:-1]
+        out, reason = _build(ids, response_keys, tokenizer.eos_id, max_length=max_length,
+                             max_prompt_length=max_prompt_length, truncation=truncation,
+                             prompt_truncation_side=prompt_truncation_side)
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        for key in ("prompts_truncated", "responses_truncated", "eos_removed"):
+            stats[key] += int(out[key.replace("prompts", "prompt")])
+        out["index"], out["source"] = len(kept), example.get("source", f"example {i}")
+        kept.append(out)
+    stats["kept"] = len(kept)
+    stats["lengths"] = {key: percentiles(v) for key, v in lengths.items()}
+    return kept, stats
+
+
+def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, max_prompt_length: int,
+                   truncation: str = "reference", prompt_truncation_side: str | None = None, limit: int = 0,
+                   seed: int = 0, boundary_checks: int = 256):
+    """Read (data.load_examples) and tokenize a preference or SFT dataset. Returns (kind, examples,
+    summary text to print before training). prompt_truncation_side None = the format's default (keep_end
+    for HH dialogue, keep_start otherwise). limit > 0 keeps a seeded random subset of that many examples
+    (in file order; e.g. an evaluation cap: HH's test files are subsets one after another, so the first N
+    would all be helpful-base)."""
+    kind, examples, counts = data.load_examples(fmt, path, split)
+    if kind not in ("preference", "sft"):
+        raise DataError(f"format {fmt!r} gives {kind} examples, not preference or sft")
+    if 0 < limit < len(examples):
+        chosen = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:limit]
+        counts[f"not used (limit={limit}, seeded subset)"] += len(examples) - limit
+        examples = [examples[i] for i in sorted(chosen.tolist())]
+    side = prompt_truncation_side or data.DEFAULT_PROMPT_TRUNCATION_SIDE.get(fmt, "keep_start")
+    kept, stats = tokenize_dataset(examples, tokenizer, kind=kind, max_length=max_length,
+                                   max_prompt_length=max_prompt_length, truncation=truncation,
+                                   prompt_truncation_side=side, boundary_checks=boundary_checks)
+    return kind, kept, data.format_summary(f"{fmt} {path} [{split}]", counts, stats)
+
+
+# --------------------------------------------------------------------------------------------------
+# Collation
+
+
+def pad_id_for(tokenizer) -> int:
+    """The id written into padding: the tokenizer's pad id, else EOS (GPT-2 has no pad token). Its value
+    never matters: attention_mask is 0 and labels are −100 there."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
+def _padded_length(rows: list[list[int]], pad_to_multiple_of: int | None) -> int:
+    length = max(len(r) for r in rows)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    return length
+
+
+def _pad(rows: list[list[int]], value: int, length: int, left: bool = False) -> torch.Tensor:
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row and left:
+            out[i, length - len(row):] = torch.tensor(row)
+        elif row:
+            out[i, :len(row)] = torch.tensor(row)
+    return out
+
+
+def _collate(input_rows, label_rows, pad_id: int, pad_to_multiple_of, indices) -> dict:
+    length = _padded_length(input_rows, pad_to_multiple_of)
+    return {"input_ids": _pad(input_rows, pad_id, length),
+            "attention_mask": _pad([[1] * len(r) for r in input_rows], 0, length),
+            "labels": _pad(label_rows, IGNORE_INDEX, length),
+            "indices": torch.tensor(indices, dtype=torch.long)}
+
+
+def collate_preference(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """B tokenized pairs -> input_ids, attention_mask, labels: [2B, T] (rows 0..B−1 chosen, B..2B−1
+    rejected, one forward pass), right-padded to the longest of both (rounded up to pad_to_multiple_of);
+    indices: [B] the pairs' dataset indices."""
+    rows = [ex["chosen_input_ids"] for ex in batch] + [ex["rejected_input_ids"] for ex in batch]
+    labels = [ex["chosen_labels"] for ex in batch] + [ex["rejected_labels"] for ex in batch]
+    return _collate(rows, labels, pad_id, pad_to_multiple_of, [ex.get("index", -1) for ex in batch])
+
+
+def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """B tokenized SFT examples -> input_ids, attention_mask, labels: [B, T] right-padded; indices: [B]."""
+    return _collate([ex["input_ids"] for ex in batch], [ex["labels"] for ex in batch], pad_id,
+                    pad_to_multiple_of, [ex.get("index", -1) for ex in batch])
+
+
+def collate_prompts(prompts: list[list[int]], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Prompt ids for generation -> input_ids, attention_mask: [B, T] LEFT-padded so that every row's
+    next token goes at position T. Positions must come from attention_mask (cumsum − 1), not arange."""
+    length = _padded_length(prompts, pad_to_multiple_of)
+    return {"input_ids": _pad(prompts, pad_id, length, left=True),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, length, left=True)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch schedule
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed for (run seed, epoch): the first 4 bytes of sha256("seed:epoch"). Not seed + epoch,
+    which would give seed 1's epoch 0 the order of seed 0's epoch 1; and not seed·2³² + epoch, since the
+    CPU torch.Generator keeps only the low 32 bits of its seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "little")
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The example order of one epoch: torch.randperm from a generator seeded by epoch_seed(seed, epoch)."""
+    if not shuffle:
+        return list(range(n_examples))
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+class BatchSchedule:
+    """Which examples each rank trains on at each optimizer step.
+
+    The data is one stream: epoch 0's seeded order, then epoch 1's, and so on. Global batch s is stream
+    items [s·G, (s+1)·G) with G = global_batch_size; a batch that reaches past the end of an epoch is
+    completed from the start of the next epoch's order (so no example is silently dropped and every
+    step is full). A run covers `max_examples` examples if > 0, else `epochs` passes, rounded UP to whole
+    global batches (`describe()` says by how many). Within a global batch, rank r takes the r-th
+    contiguous slice of G / world_size examples and cuts it into micro-batches of micro_batch_size, so
+    every rank runs the same number of micro-batches per step (no collective hangs).
+
+    The position is `examples_seen` (steps done × G). `state_dict()` / `load_state_dict()` save and
+    restore it; it does not depend on world_size or micro_batch_size, so a run may resume on another
+    number of ranks with the same global batch.
+    """
+
+    def __init__(self, n_examples: int, global_batch_size: int, micro_batch_size: int, *, world_size: int = 1,
+                 rank: int = 0, seed: int = 0, epochs: int = 1, max_examples: int = 0, shuffle: bool = True):
+        if n_examples < 1:
+            raise DataError("the dataset is empty: no examples to batch")
+        if micro_batch_size < 1 or world_size < 1 or global_batch_size % (world_size * micro_batch_size):
+            raise DataError(f"global batch size {global_batch_size} must be a positive multiple of world_size "
+                            f"({world_size}) x micro_batch_size ({micro_batch_size})")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in [0, {world_size})")
+        if global_batch_size < 1 or (max_examples <= 0 and epochs < 1):
+            raise DataError(f"need global_batch_size >= 1 and epochs >= 1 or max_examples > 0")
+        self.n_examples, self.global_batch_size = n_examples, global_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.total_examples = max_examples if max_examples > 0 else epochs * n_examples
+        self.n_steps = math.ceil(self.total_examples / global_batch_size)
+        self.examples_seen = 0
+        self._orders = {}
+
+    @property
+    def step(self) -> int:
+        return self.examples_seen // self.global_batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self.examples_seen // self.n_examples
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.world_size * self.micro_batch_size)
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}  # keep memory flat
+            self._orders[epoch] = epoch_order(self.n_examples, self.seed, epoch, self.shuffle)
+        return self._orders[epoch]
+
+    def global_batch(self, step: int) -> list[int]:
+        """Example indices of global batch `step` (all ranks)."""
+        start = step * self.global_batch_size
+        return [self._order(k // self.n_examples)[k % self.n_examples]
+                for k in range(start, start + self.global_batch_size)]
+
+    def rank_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
+        """This rank's share of a global batch, as accumulation_steps micro-batches."""
+        per_rank = self.global_batch_size // self.world_size
+        mine = global_indices[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [mine[i:i + self.micro_batch_size] for i in range(0, per_rank, self.micro_batch_size)]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[list[int]]:
+        """The next step's micro-batches for this rank; advances the position."""
+        if self.step >= self.n_steps:
+            raise StopIteration
+        micro_batches = self.rank_micro_batches(self.global_batch(self.step))
+        self.examples_seen += self.global_batch_size
+        return micro_batches
+
+    def __len__(self) -> int:
+        return self.n_steps - self.step
+
+    def state_dict(self) -> dict:
+        return {"examples_seen": self.examples_seen, "epoch": self.epoch, "step": self.step, "seed": self.seed,
+                "n_examples": self.n_examples, "global_batch_size": self.global_batch_size}
+
+    def load_state_dict(self, state: dict):
+        for key in ("seed", "n_examples", "global_batch_size"):
+            if state[key] != getattr(self, key):
+                raise DataError(f"saved data position has {key}={state[key]}, this run has {getattr(self, key)}: "
+                                f"the data order would not continue where it stopped")
+        self.examples_seen = int(state["examples_seen"])
+
+    def describe(self) -> str:
+        extra = self.n_steps * self.global_batch_size - self.total_examples
+        return (f"{self.n_steps} steps of {self.global_batch_size} examples ({self.world_size} ranks x "
+                f"{self.accumulation_steps} micro-batches of {self.micro_batch_size}) over {self.n_examples} "
+                f"examples, seed {self.seed}; {self.total_examples} examples asked, the last batch takes "
+                f"{extra} more from the next epoch's order")
+
+
+def eval_micro_batches(n_examples: int, micro_batch_size: int, world_size: int = 1, rank: int = 0):
+    """Every example once, in order, spread over ranks with the same number of micro-batches each: the
+    order is padded to a multiple of world_size × micro_batch_size by repeating examples from the start.
+    Returns [(indices, is_real)] for this rank; weight metrics by is_real so padding never counts."""
+    if n_examples < 1:
+        raise DataError("the evaluation set is empty")
+    chunk = world_size * micro_batch_size
+    padded = -(-n_examples // chunk) * chunk
+    order = [(i % n_examples, i < n_examples) for i in range(padded)]
+    per_rank = padded // world_size
+    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    return [([i for i, _ in mine[j:j + micro_batch_size]], [r for _, r in mine[j:j + micro_batch_size]])
+            for j in range(0, per_rank, micro_batch_size)]
