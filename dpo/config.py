@@ -23,6 +23,7 @@ class ModelConfig:
     name: str = ""                  # HF checkpoint dir, hub name (gpt2-large) or run checkpoint; "" = new model
     tokenizer: str = ""             # tokenizer dir / .model file; "" = the one stored with `name`
     dtype: str = "float32"          # parameter dtype: float32 | bfloat16
+    tokenizer_vocab_size: int = 0   # new model, no tokenizer given: train a SentencePiece one of this size
     # Shape of a new model (used only when name == ""): a GPT-2-style decoder.
     n_layer: int = 4
     n_head: int = 4
@@ -33,14 +34,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "preference_jsonl"  # see dpo/data.py: preference_jsonl | sft_jsonl | text | imdb | tldr | ...
-    train_path: str = ""
-    eval_path: str = ""
-    eval_examples: int = 256        # cap on evaluation examples (0 = all)
+    format: str = "preference_jsonl"  # a key of dpo.data.FORMATS: preference_jsonl | sft_jsonl | text | imdb | tldr | ...
+    path: str = ""                  # file or folder of the training data
+    split: str = "train"            # split read from `path` (folders holding several splits)
+    eval_path: str = ""             # "" = `path`
+    eval_split: str = "test"
+    eval_examples: int = 256        # seeded random subset of the evaluation set (0 = all)
     max_length: int = 512           # prompt + response tokens
     max_prompt_length: int = 256
     truncation: str = "reference"   # reference | keep_response (see dpo/batching.py)
-    prompt_truncation_side: str = "keep_end"  # keep_end (dialogue) | keep_start
+    prompt_truncation_side: str = ""  # keep_start | keep_end | "" = the format's default (keep_end for HH)
     pad_to_multiple_of: int = 0     # 0 = no rounding of the padded length
 
 
@@ -73,6 +76,9 @@ class TrainConfig:
     sample_every: int = 0           # in optimizer steps; 0 = never
     sample_prompts: int = 4
     sample_max_new_tokens: int = 64
+    sample_temperature: float = 1.0
+    sample_reward: str = ""         # score samples with a reward: "" | quickstart (the built-in ground truth)
+    log_every: int = 1              # in optimizer steps
     resume: bool = False
     parallel: str = "auto"          # auto | none | ddp | fsdp (auto: ddp when world_size > 1)
     mixed_precision: str = "none"   # none | bf16 (autocast / FSDP2 MixedPrecisionPolicy)
@@ -98,6 +104,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    next_config: str = ""           # a config to run after this one (e.g. DPO after SFT); overrides don't carry
 
 
 def _check_type(value, expected, key: str, origin: str):

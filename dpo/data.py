@@ -39,6 +39,8 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dpo import quickstart
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line (or archive member) and what was expected."""
@@ -381,6 +383,11 @@ def read_hh(path, split: str = "train", counts: Counter | None = None) -> list[d
 # --------------------------------------------------------------------------------------------------
 # One entry point for the training loop: format name -> (kind, reader)
 
+def _quickstart_size(split: str) -> tuple[int, int]:
+    """(number of examples, seed) of a quickstart split."""
+    return (4000, 0) if split == "train" else (400, 1)
+
+
 FORMATS = {  # name -> (kind, reader(path, split, counts))
     "preference_jsonl": ("preference", lambda path, split, counts: read_preference_jsonl(path, counts)),
     "sft_jsonl": ("sft", lambda path, split, counts: read_sft_jsonl(path, counts)),
@@ -393,6 +400,11 @@ FORMATS = {  # name -> (kind, reader(path, split, counts))
     "tldr_comparisons_sft": ("sft", lambda *args: preference_to_sft(read_tldr_comparisons(*args))),
     "hh": ("preference", read_hh),
     "hh_sft": ("sft", lambda *args: preference_to_sft(read_hh(*args))),
+    # The quickstart's built-in task with a known ground truth (dpo/quickstart.py): generated, so `path` is
+    # unused; split "train" and any other split draw from different seeds.
+    "quickstart_sft": ("sft", lambda path, split, counts: quickstart.sft_examples(*_quickstart_size(split))),
+    "quickstart_preference": ("preference",
+                              lambda path, split, counts: quickstart.preference_examples(*_quickstart_size(split))),
 }
 # HH prompts are dialogues whose latest turns matter: cut them from the start (the reference code's choice).
 DEFAULT_PROMPT_TRUNCATION_SIDE = {"hh": "keep_end", "hh_sft": "keep_end"}

@@ -375,14 +375,15 @@ def load_pretrained(directory, dtype: torch.dtype | None = None, device="cpu") -
     return model
 
 
-def save_pretrained(model: GPT, directory, dtype: torch.dtype | None = None) -> None:
+def save_pretrained(model: GPT, directory, dtype: torch.dtype | None = None, state_dict: dict | None = None) -> None:
     """Write config.json and model.safetensors (each atomically) that transformers' from_pretrained
-    loads with the same logits. dtype None keeps the parameters' dtype. Tied weights: wte only."""
+    loads with the same logits. dtype None keeps the parameters' dtype. Tied weights: wte only.
+    state_dict: the weights to write instead of model.state_dict() (e.g. gathered from FSDP shards)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     mt = model_type_of(cfg)
-    state = model.state_dict()
+    state = model.state_dict() if state_dict is None else state_dict
     tensors = {}
     for ours, hf_names, _, to_hf in layout(cfg, mt):
         for name, t in zip(hf_names, to_hf(state[ours].detach())):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -238,6 +239,7 @@ class GPT(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.register_buffer("inv_freq", None, persistent=False)
+        self.activation_checkpointing = False  # set by the training loop (train.activation_checkpointing)
         self.reset_buffers()
         if self.wte.weight.device.type != "meta":  # on meta: to_empty(), then init_weights() or a load
             self.init_weights()
@@ -298,7 +300,11 @@ class GPT(nn.Module):
             freqs = pos[..., None].float() * self.inv_freq  # [B, T, R/2]
             rope = (freqs.cos().to(x.dtype)[:, None], freqs.sin().to(x.dtype)[:, None])
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, kv_cache, i)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; recompute its activations in backward (memory for compute)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, rope, attn_mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.length = S
         x = self.norm_f(x)

@@ -1,0 +1,120 @@
+"""Distributed setup from torchrun's environment, and the two ways we wrap a model: DDP and FSDP2.
+
+One process (`python train.py`) and torchrun (`torchrun --nproc_per_node=N train.py`, multi-node with
+`--nnodes --node_rank --rdzv_endpoint`) run the same code: torchrun sets RANK, WORLD_SIZE and LOCAL_RANK,
+and we start a process group only when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPU).
+"""
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Dist:
+    """Read torchrun's environment, pick the device, start the process group if there is more than one rank."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return Dist(rank, world_size, local_rank, dev)
+
+
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> dict[str, float]:
+    """Average scalars over ranks. `values[k]` are sums over this rank's examples and `weights` their count,
+    so ranks holding different numbers of examples still give the exact mean over all examples."""
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]
+                          + [weights.float().reshape(()) if weights is not None else torch.ones(())])
+    if dist.is_initialized():
+        stacked = stacked.to(_comm_device())
+        dist.all_reduce(stacked)
+    total = stacked[-1].item()
+    return {k: v / total for k, v in zip(keys, stacked[:-1].tolist())}
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none", trainable: bool = True,
+         activation_checkpointing: bool = False, cpu_offload: bool = False) -> nn.Module:
+    """Wrap for data parallelism. mode: none | ddp | fsdp.
+
+    fsdp = FSDP2 `fully_shard` on every transformer block and then on the root, so each rank holds 1/N of
+    the parameters, gradients and optimizer state; with mixed_precision=bf16 the forward/backward run in
+    bf16 while parameters and the gradient reduction stay fp32. The frozen reference model (trainable=False)
+    is sharded the same way under fsdp and left unwrapped under ddp (it has no gradients to sync)."""
+    model.activation_checkpointing = activation_checkpointing and trainable
+    if mode == "ddp":
+        if not trainable:
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if mixed_precision == "bf16" else MixedPrecisionPolicy()
+        offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp, offload_policy=offload)
+        fully_shard(model, mp_policy=mp, offload_policy=offload)
+        return model
+    if mode != "none":
+        raise ValueError(f"train.parallel: expected none | ddp | fsdp, got {mode!r}")
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying GPT (DDP keeps it in .module; FSDP2 shards in place, so the model is itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a global batch."""
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    yield

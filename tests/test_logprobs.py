@@ -1,0 +1,278 @@
+"""dpo/logprobs.py: values against the reference code's definition and a naive loop, gradients of both paths,
+the memory promise of the chunked path, and the per-token helpers (unlikelihood, LD-DPO, WPO)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dpo.logprobs import (chunked_sequence_logps, chunked_token_logps, ld_sequence_logps, response_mask,
+                          sequence_logps, sequence_unlikelihood, split_chosen_rejected, token_logps, wpo_weights)
+
+
+def reference_code_batch_logps(logits, labels, average_log_prob=False):
+    """_get_batch_logps of eric-mitchell/direct-preference-optimization (trainers.py), written out."""
+    labels = labels[:, 1:].clone()
+    logits = logits[:, :-1, :]
+    loss_mask = labels != -100
+    labels[labels == -100] = 0  # dummy token; masked out below
+    per_token_logps = torch.gather(logits.log_softmax(-1), dim=2, index=labels.unsqueeze(2)).squeeze(2)
+    if average_log_prob:
+        return (per_token_logps * loss_mask).sum(-1) / loss_mask.sum(-1)
+    return (per_token_logps * loss_mask).sum(-1)
+
+
+def make_batch(B=4, T=9, V=13, C=6, seed=0, dtype=torch.float32):
+    """Prompt positions and right padding at -100, different lengths per row."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, C, generator=g).to(dtype)
+    weight = (torch.randn(V, C, generator=g) * 0.7).to(dtype)
+    bias = (torch.randn(V, generator=g) * 0.3).to(dtype)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    prompt_len = [2, 3, 1, 4][:B] + [2] * max(0, B - 4)
+    end = [T, T - 2, T - 1, T - 3][:B] + [T] * max(0, B - 4)
+    for b in range(B):
+        labels[b, :prompt_len[b]] = -100
+        labels[b, end[b]:] = -100
+    return hidden, weight, bias, labels
+
+
+def test_sum_and_mean_equal_reference_code_definition():
+    hidden, weight, bias, labels = make_batch()
+    logits = F.linear(hidden, weight, bias)
+    logps, n = sequence_logps(logits, labels)
+    torch.testing.assert_close(logps, reference_code_batch_logps(logits, labels), rtol=0, atol=1e-5)
+    mean_logps, _ = sequence_logps(logits, labels, average=True)
+    torch.testing.assert_close(mean_logps, reference_code_batch_logps(logits, labels, True), rtol=0, atol=1e-5)
+    assert n.tolist() == (labels[:, 1:] != -100).sum(-1).tolist()
+
+
+def test_shift_and_masking_against_naive_loop():
+    """Position t's logits score the label at t+1; -100 labels (prompt, padding) contribute nothing."""
+    hidden, weight, bias, labels = make_batch(seed=1)
+    logits = F.linear(hidden, weight, bias).double()
+    B, T, _ = logits.shape
+    expected, counts = [], []
+    for b in range(B):
+        total, count = 0.0, 0
+        for t in range(1, T):
+            if labels[b, t] == -100:
+                continue
+            row = logits[b, t - 1].tolist()
+            top = max(row)
+            log_z = top + math.log(sum(math.exp(x - top) for x in row))
+            total += row[int(labels[b, t])] - log_z
+            count += 1
+        expected.append(total)
+        counts.append(count)
+    for fn in (lambda: sequence_logps(logits.float(), labels, chunk_size=3),
+               lambda: chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=3)):
+        logps, n = fn()
+        assert logps.dtype == torch.float32
+        assert n.tolist() == counts
+        assert max(abs(a - e) for a, e in zip(logps.tolist(), expected)) < 1e-5
+
+
+def test_plain_gradient_equals_log_softmax_autograd():
+    hidden, weight, bias, labels = make_batch(seed=2)
+    logits = F.linear(hidden, weight, bias).detach().requires_grad_()
+    coef = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    (sequence_logps(logits, labels, chunk_size=4)[0] * coef).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    (reference_code_batch_logps(logits, labels) * coef).sum().backward()
+    torch.testing.assert_close(ours, logits.grad, rtol=0, atol=1e-6)
+    assert ours[:, -1].abs().max() == 0  # the last position predicts nothing
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+def test_chunked_equals_plain_values_and_grads(use_bias, chunk_size):
+    hidden, weight, bias, labels = make_batch(B=4, T=11, V=17, C=8, seed=3)
+    coef = torch.tensor([1.0, -0.5, 2.0, 0.25])
+    results = []
+    for chunked in (False, True):
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        b = bias.clone().requires_grad_() if use_bias else None
+        if chunked:
+            logps, n = chunked_sequence_logps(h, w, b, labels, chunk_size=chunk_size)
+        else:
+            logps, n = sequence_logps(F.linear(h, w, b), labels)
+        (logps * coef).sum().backward()
+        results.append((logps.detach(), n, h.grad, w.grad, None if b is None else b.grad))
+    (lp0, n0, *g0), (lp1, n1, *g1) = results
+    torch.testing.assert_close(lp1, lp0, rtol=0, atol=1e-5)
+    assert n0.tolist() == n1.tolist()
+    for a, e in zip(g1, g0):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-5)
+    # prompt and padding rows of hidden get exactly zero gradient
+    rows_scored = torch.zeros_like(labels, dtype=torch.bool)
+    rows_scored[:, :-1] = labels[:, 1:] != -100
+    assert g1[0][~rows_scored].abs().max() == 0
+
+
+def test_chunked_equals_plain_for_per_token_losses():
+    """A gradient that differs per token (the unlikelihood term, a per-token weighting) flows the same way."""
+    hidden, weight, bias, labels = make_batch(B=3, T=10, V=9, C=5, seed=8)
+    mask = response_mask(labels)
+    token_weights = torch.linspace(-1, 2, mask.numel()).reshape(mask.shape)
+    grads = []
+    for chunked in (False, True):
+        h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
+        tok = chunked_token_logps(h, w, b, labels, chunk_size=4) if chunked else token_logps(F.linear(h, w, b), labels)
+        (sequence_unlikelihood(tok, mask).sum() + (tok * token_weights).sum()).backward()
+        grads.append((h.grad, w.grad, b.grad))
+    for a, e in zip(*grads):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-5)
+
+
+def test_chunked_bf16_matches_plain_bf16():
+    """bf16 hidden and weight: the projection runs in bf16 like lm_head, the softmax math in fp32."""
+    hidden, weight, bias, labels = make_batch(B=2, T=10, V=64, C=16, seed=4, dtype=torch.bfloat16)
+    grads = []
+    for chunked in (False, True):
+        h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
+        if chunked:
+            logps, _ = chunked_sequence_logps(h, w, b, labels, chunk_size=3)
+        else:
+            logps, _ = sequence_logps(F.linear(h, w, b), labels)
+        assert logps.dtype == torch.float32
+        logps.sum().backward()
+        assert h.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
+        grads.append((logps.detach(), h.grad.float(), w.grad.float(), b.grad.float()))
+    for a, e in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-2)
+    # and both are close to the fp32 computation
+    exact, _ = sequence_logps(F.linear(hidden.float(), weight.float(), bias.float()), labels)
+    torch.testing.assert_close(grads[1][0], exact, rtol=0, atol=0.5)
+
+
+def test_chunked_under_autocast_matches_plain():
+    hidden, weight, bias, labels = make_batch(B=2, T=8, V=32, C=8, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, _ = sequence_logps(F.linear(hidden, weight, bias), labels)
+        chunked, _ = chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=2)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-4)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_chunked_path_never_builds_full_logits():
+    B, T, C, V, chunk = 2, 64, 8, 500, 16
+    hidden = torch.randn(B, T, C, requires_grad=True)
+    weight = torch.randn(V, C, requires_grad=True)
+    bias = torch.randn(V, requires_grad=True)
+    labels = torch.randint(0, V, (B, T))
+    with _LargestTensor() as mode:
+        logps, _ = chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=chunk)
+        logps.sum().backward()
+    assert mode.largest <= chunk * V  # the biggest tensor is one chunk of logits (weight: V*C < chunk*V)
+    with _LargestTensor() as mode:
+        logps, _ = sequence_logps(F.linear(hidden, weight, bias), labels)
+        logps.sum().backward()
+    assert mode.largest == B * T * V  # the plain path holds the full logits and their gradient
+
+
+def test_rows_without_response_tokens():
+    hidden, weight, bias, labels = make_batch(B=2, seed=6)
+    labels[1] = -100
+    h = hidden.clone().requires_grad_()
+    logps, n = chunked_sequence_logps(h, weight, bias, labels)
+    mean, _ = chunked_sequence_logps(h, weight, bias, labels, average=True)
+    assert n[1] == 0 and logps[1] == 0 and mean[1] == 0
+    (logps.sum() + mean.sum()).backward()
+    assert torch.isfinite(h.grad).all() and h.grad[1].abs().max() == 0
+    labels[:] = -100
+    logps, n = sequence_logps(F.linear(hidden, weight, bias), labels)
+    assert logps.tolist() == [0.0, 0.0] and n.tolist() == [0, 0]
+
+
+def test_log_sum_sq_probs_both_paths():
+    hidden, weight, bias, labels = make_batch(seed=7)
+    logits = F.linear(hidden, weight, bias)
+    p = logits[:, :-1].double().softmax(-1)
+    mask = response_mask(labels)
+    expected = torch.log((p ** 2).sum(-1)) * mask
+    _, plain = token_logps(logits, labels, chunk_size=5, with_log_sum_sq=True)
+    _, chunked = chunked_token_logps(hidden, weight, bias, labels, chunk_size=5, with_log_sum_sq=True)
+    torch.testing.assert_close(plain.double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_unlikelihood_term():
+    token_logps_ = torch.tensor([[math.log(0.5), math.log(0.2), 0.0], [math.log(0.9), 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = sequence_unlikelihood(token_logps_, mask)
+    torch.testing.assert_close(out, torch.tensor([math.log(0.5) + math.log(0.8), math.log(0.1)]))
+    # a certain token (p = 1) stays finite, with no gradient through the clamp
+    x = torch.tensor([[0.0]], requires_grad=True)
+    y = sequence_unlikelihood(x, torch.tensor([[True]]))
+    y.sum().backward()
+    assert torch.isfinite(y).all() and x.grad.item() == 0
+
+
+def test_ld_sequence_logps_against_loop():
+    """Public length l_p = min(|y_w|, |y_l|); tokens after it count with weight alpha."""
+    token_logps_ = -torch.arange(1, 25, dtype=torch.float32).reshape(4, 6) / 10
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0],   # chosen 0: 3 tokens
+                         [1, 1, 1, 1, 1, 0],   # chosen 1: 5 tokens
+                         [0, 0, 1, 1, 1, 1],   # rejected 0: 4 tokens
+                         [0, 1, 1, 0, 0, 0]], dtype=torch.bool)  # rejected 1: 2 tokens
+    alpha = 0.3
+    expected = []
+    public = [3, 2, 3, 2]
+    for row in range(4):
+        total, k = 0.0, 0
+        for t in range(6):
+            if mask[row, t]:
+                k += 1
+                total += token_logps_[row, t].item() * (1.0 if k <= public[row] else alpha)
+        expected.append(total)
+    logps, n = ld_sequence_logps(token_logps_, mask, alpha)
+    assert n.tolist() == [3, 5, 4, 2]
+    assert max(abs(a - e) for a, e in zip(logps.tolist(), expected)) < 1e-6
+    full, _ = ld_sequence_logps(token_logps_, mask, 1.0)
+    torch.testing.assert_close(full, (token_logps_ * mask).sum(-1))
+    with pytest.raises(ValueError, match="ld_alpha"):
+        ld_sequence_logps(token_logps_, mask, 1.5)
+
+
+def test_wpo_weights():
+    token_logps_ = torch.log(torch.tensor([[0.5, 0.25], [0.2, 0.0], [0.1, 0.4], [0.9, 0.0]]))
+    log_sum_sq = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0], [0.2, 0.5], [0.81, 1.0]]))
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0]], dtype=torch.bool)
+    w = [math.exp((math.log(0.5 / 0.5) + math.log(0.25 / 0.5)) / 2), 0.2 / 0.25,
+         math.exp((math.log(0.1 / 0.2) + math.log(0.4 / 0.5)) / 2), 0.9 / 0.81]
+    out = wpo_weights(token_logps_, log_sum_sq, mask)
+    torch.testing.assert_close(out, torch.tensor([w[0] * w[2], w[1] * w[3]]))
+
+
+def test_split_chosen_rejected():
+    c, r = split_chosen_rejected(torch.arange(6))
+    assert c.tolist() == [0, 1, 2] and r.tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="even"):
+        split_chosen_rejected(torch.arange(5))
+
+
+def test_bad_labels_are_clear_errors():
+    hidden, weight, bias, labels = make_batch()
+    with pytest.raises(ValueError, match="outside"):
+        sequence_logps(F.linear(hidden, weight, bias), labels.clamp(min=0) + 100)
+    with pytest.raises(ValueError, match="does not match"):
+        sequence_logps(F.linear(hidden, weight, bias), labels[:, :-1])

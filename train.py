@@ -1,0 +1,493 @@
+"""Train a policy with SFT or a preference loss (DPO and its family), on one process, DDP or FSDP2.
+
+    python train.py --config configs/quickstart.yaml                       # one CPU / GPU
+    torchrun --nproc_per_node=8 train.py --config configs/imdb/dpo.yaml loss.beta=0.5
+    torchrun --nnodes=2 --node_rank=$R --nproc_per_node=8 --rdzv_backend=c10d \\
+             --rdzv_endpoint=$HOST:29500 train.py --config ...            # several nodes
+
+One DPO step, as the loop below runs it (SPEC §1):
+    for each micro-batch of this rank's share of the global batch:
+        policy log-probs of chosen + rejected, one forward over the concatenated batch  (policy_logps)
+        reference log-probs of the same, without gradients (or from the precomputed cache)
+        loss = mean over pairs of −log σ(β·[(π_w − ref_w) − (π_l − ref_l)])   (dpo.losses)
+        (loss · micro / per-rank batch).backward()   — gradients all-reduced on the last micro-batch only
+    clip the gradient norm, optimizer step, learning-rate schedule step.
+"""
+import argparse
+import contextlib
+import copy
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dpo import batching, checkpoint, data, distributed, losses, quickstart
+from dpo.config import Config, ConfigError, load_config, save_config
+from dpo.logprobs import chunked_sequence_logps
+from dpo.model import GPT, GPTConfig
+from dpo.run_log import RunLog
+from dpo.tokenizer import Tokenizer, train_sentencepiece
+
+REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # bf16 dense
+
+
+# ---------------------------------------------------------------------------------------------------
+# The math of one step: log-probs from a forward pass, then the loss.
+
+def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y|x) of every row: (logps [N] fp32, response tokens [N]), N = 2B for pairs (chosen first).
+
+    The forward returns final hidden states [N, T, C]; the log-probs are gathered from them and the output
+    projection chunk by chunk (dpo.logprobs), so the [N, T, V] logits never exist in memory."""
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
+    head = distributed.unwrap(model).lm_head
+    return chunked_sequence_logps(hidden, head.weight, head.bias, batch["labels"])
+
+
+def preference_step(policy, reference, batch: dict, config: Config, reference_cache=None):
+    """One micro-batch of pairs → (per-pair losses [B], per-pair metrics {name: [B]})."""
+    logps, lengths = policy_logps(policy, batch)
+    policy_chosen_logps, policy_rejected_logps = logps.chunk(2)
+    chosen_lengths, rejected_lengths = lengths.chunk(2)
+    if reference_cache is not None:
+        index = batch["indices"]
+        reference_chosen_logps = reference_cache.chosen_logps[index].to(logps.device)
+        reference_rejected_logps = reference_cache.rejected_logps[index].to(logps.device)
+    elif reference is not None:
+        with torch.no_grad():
+            reference_chosen_logps, reference_rejected_logps = policy_logps(reference, batch)[0].chunk(2)
+    else:  # reference-free: log π_ref taken as 0
+        reference_chosen_logps = torch.zeros_like(policy_chosen_logps)
+        reference_rejected_logps = torch.zeros_like(policy_rejected_logps)
+    options = dict(config.loss.options)
+    if config.loss.label_smoothing:
+        options["label_smoothing"] = config.loss.label_smoothing
+    pair_losses = losses.preference_loss(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+        loss_type=config.loss.name, beta=config.loss.beta, rpo_alpha=config.loss.rpo_alpha,
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, **options)
+    metrics = losses.preference_metrics(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+        pair_losses, beta=config.loss.beta, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    return pair_losses, metrics
+
+
+def sft_step(policy, batch: dict, config: Config):
+    """One micro-batch of SFT sequences → (per-sequence losses [B], metrics). loss.name sft: the summed
+    NLL of each target (the reference code); sft_mean: its per-token mean."""
+    logps, lengths = policy_logps(policy, batch)
+    seq_losses = losses.LOSSES[config.loss.name](logps, chosen_lengths=lengths) \
+        if config.loss.name == "sft_mean" else losses.LOSSES["sft"](logps)
+    return seq_losses, {"loss/train": seq_losses.detach(), "logps_train/chosen": logps.detach(),
+                        "lengths_train/chosen": lengths.float()}
+
+
+def micro_batch_losses(policy, reference, batch, config, kind, reference_cache=None):
+    if kind == "preference":
+        return preference_step(policy, reference, batch, config, reference_cache)
+    return sft_step(policy, batch, config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks: tokenizer, data, models, optimizer.
+
+def resolve_model_dir(name: str) -> Path:
+    path = Path(name)
+    if path.is_dir():
+        return path
+    from dpo.hub import snapshot_download
+    return snapshot_download(name)
+
+
+def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Tokenizer:
+    if config.model.tokenizer:
+        return Tokenizer.from_pretrained(config.model.tokenizer)
+    if config.model.name:
+        return Tokenizer.from_pretrained(resolve_model_dir(config.model.name))
+    trained = out_dir / "tokenizer"
+    if not (trained / "tokenizer.model").is_file():
+        if config.model.tokenizer_vocab_size <= 0:
+            raise ConfigError("model.tokenizer: a new model (model.name empty) needs model.tokenizer or "
+                              "model.tokenizer_vocab_size > 0 to train a SentencePiece tokenizer")
+        if ctx.is_main:  # train on the training texts, once
+            _, examples, _ = data.load_examples(config.data.format, config.data.path, config.data.split)
+            corpus = out_dir / "tokenizer_corpus.txt"
+            corpus.write_text("\n".join(" ".join(v for k, v in ex.items() if k in ("prompt", "completion",
+                                        "chosen", "rejected")) for ex in examples))
+            trained.mkdir(parents=True, exist_ok=True)
+            train_sentencepiece([corpus], trained / "tokenizer", config.model.tokenizer_vocab_size)
+            corpus.unlink()
+        distributed.barrier()
+    return Tokenizer.from_pretrained(trained)
+
+
+def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
+    """Tokenized train and eval examples (lists of dicts) and their kind (preference | sft)."""
+    d = config.data
+    args = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
+                prompt_truncation_side=d.prompt_truncation_side or None)
+    kind, train_examples, train_summary = batching.load_tokenized(d.format, d.path, d.split, tokenizer, **args)
+    _, eval_examples, eval_summary = batching.load_tokenized(
+        d.format, d.eval_path or d.path, d.eval_split, tokenizer, limit=d.eval_examples,
+        seed=config.train.seed, **args)
+    if ctx.is_main:
+        print(train_summary + "\n" + eval_summary, flush=True)
+    return kind, train_examples, eval_examples
+
+
+def new_model(config: Config, tokenizer: Tokenizer) -> GPT:
+    m = config.model
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                         max_seq_len=m.max_seq_len, dropout=m.dropout, eos_id=tokenizer.eos_id,
+                         bos_id=tokenizer.bos_id))
+
+
+def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool) -> GPT:
+    dtype = getattr(torch, config.model.dtype)
+    model = GPT.from_pretrained(path, dtype=dtype, device=ctx.device)
+    model.config.dropout = config.model.dropout
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = config.model.dropout
+    model.requires_grad_(trainable)
+    return model.train(trainable)
+
+
+def parallel_mode(config: Config, ctx: distributed.Dist) -> str:
+    mode = config.train.parallel
+    if mode == "auto":
+        mode = "ddp" if ctx.world_size > 1 else "none"
+    if mode in ("ddp", "fsdp") and ctx.world_size == 1:
+        mode = "none"  # one process: nothing to parallelise, same arithmetic
+    return mode
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
+    raise ConfigError(f"train.optimizer: expected rmsprop | adamw, got {t.optimizer!r}")
+
+
+def lr_factor(step: int, config: Config, total_steps: int) -> float:
+    """Linear warmup over warmup_steps, then constant (the paper), linear decay to 0, or cosine to 0."""
+    t = config.train
+    if step < t.warmup_steps:
+        return (step + 1) / (t.warmup_steps + 1)
+    progress = (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
+    if t.schedule == "constant":
+        return 1.0
+    if t.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if t.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ConfigError(f"train.schedule: expected constant | linear | cosine, got {t.schedule!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation and sampling.
+
+def collate(examples: list[dict], kind: str, pad_id: int, config: Config, device) -> dict:
+    fn = batching.collate_preference if kind == "preference" else batching.collate_sft
+    batch = fn(examples, pad_id, config.data.pad_to_multiple_of or None)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, reference_cache=None) -> dict:
+    """Metrics averaged over every evaluation example (all ranks), with the reference code's names."""
+    policy.eval()
+    sums, count = {}, torch.zeros((), device=ctx.device)
+    for indices, is_real in batching.eval_micro_batches(len(eval_examples), config.train.micro_batch_size,
+                                                        ctx.world_size, ctx.rank):
+        batch = collate([eval_examples[i] for i in indices], kind, pad_id, config, ctx.device)
+        with autocast(config, ctx):
+            _, metrics = micro_batch_losses(policy, reference, batch, config, kind, reference_cache)
+        weight = torch.tensor(is_real, dtype=torch.float32, device=ctx.device)
+        for name, values in metrics.items():
+            name = name.replace("_train/", "_eval/").replace("/train", "/eval")
+            sums[name] = sums.get(name, 0) + (values.float() * weight).sum()
+        count += weight.sum()
+    policy.train()
+    return distributed.all_reduce_mean(sums, count)
+
+
+@contextlib.contextmanager
+def unsharded_for_generation(model: nn.Module):
+    """Under FSDP2, gather each block's parameters once for the whole generation instead of once per token
+    (per forward), and without collectives in the token loop, so ranks may stop after different numbers
+    of tokens without hanging. A no-op for unsharded models."""
+    from torch.distributed.fsdp import FSDPModule
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in fsdp_modules:
+        m.unshard()
+        m.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for m in fsdp_modules:
+            m.reshard()
+            m.set_reshard_after_forward(True)
+
+
+@torch.no_grad()
+def sample(policy, reference, prompts: list[list[int]], tokenizer, config, ctx, step) -> list[dict]:
+    """Completions of the policy and the reference for this rank's prompts (temperature sampling)."""
+    t = config.train
+    batch = batching.collate_prompts(prompts, batching.pad_id_for(tokenizer))
+    ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
+    rows = [{"step": step, "prompt": tokenizer.decode(p)} for p in prompts]
+    for name, model in (("policy", policy), ("reference", reference)):
+        if model is None:
+            continue
+        generator = torch.Generator(device=ctx.device).manual_seed(t.seed + step + ctx.rank)
+        gpt = distributed.unwrap(model)
+        with unsharded_for_generation(model):
+            out = gpt.generate(ids, mask, max_new_tokens=t.sample_max_new_tokens, temperature=t.sample_temperature,
+                               eos_id=tokenizer.eos_id, pad_id=batching.pad_id_for(tokenizer), generator=generator)
+        for row, new in zip(rows, out[:, ids.shape[1]:].tolist()):
+            if tokenizer.eos_id in new:
+                new = new[:new.index(tokenizer.eos_id)]
+            row[name] = tokenizer.decode(new)
+    if t.sample_reward:
+        for name in ("policy", "reference"):
+            if name in rows[0]:
+                scores = REWARDS[t.sample_reward]([r["prompt"] for r in rows], [r[name] for r in rows])
+                for row, score in zip(rows, scores):
+                    row[f"reward_{name}"] = score
+    return rows
+
+
+def autocast(config: Config, ctx: distributed.Dist):
+    """bf16 autocast without FSDP (FSDP2 casts through its MixedPrecisionPolicy instead)."""
+    enabled = config.train.mixed_precision == "bf16" and parallel_mode(config, ctx) != "fsdp"
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run.
+
+def train(config: Config) -> dict:
+    """Run one training job; returns the final evaluation metrics."""
+    ctx = distributed.setup(config.train.device)
+    t = config.train
+    out_dir = Path(t.out_dir)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    distributed.barrier()
+    torch.manual_seed(t.seed)
+
+    tokenizer = load_tokenizer(config, ctx, out_dir)
+    pad_id = batching.pad_id_for(tokenizer)
+    kind, train_examples, eval_examples = load_data(config, tokenizer, ctx)
+    if kind == "preference" and config.loss.name in ("sft", "sft_mean") and False:
+        pass
+    if kind == "sft" and config.loss.name not in ("sft", "sft_mean"):
+        raise ConfigError(f"loss.name: data format {config.data.format!r} holds SFT examples; use sft or sft_mean")
+    schedule = batching.BatchSchedule(len(train_examples), t.batch_size, t.micro_batch_size,
+                                      world_size=ctx.world_size, rank=ctx.rank, seed=t.seed, epochs=t.epochs,
+                                      max_examples=t.max_examples)
+    if ctx.is_main:
+        print(schedule.describe(), flush=True)
+
+    # Models. The policy starts from model.name (or new); on resume, from the latest checkpoint.
+    resume_from = checkpoint.latest_checkpoint(out_dir) if t.resume else None
+    if resume_from is not None:
+        policy = load_model(resume_from, config, ctx, trainable=True)
+    elif config.model.name:
+        policy = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
+    else:
+        policy = new_model(config, tokenizer).to(ctx.device, getattr(torch, config.model.dtype))
+    reference = None
+    needs_reference = kind == "preference" and not config.loss.reference_free
+    if needs_reference:
+        reference_path = config.reference or config.model.name
+        if not reference_path:  # a new model: the reference is the initial policy, kept on disk for resumes
+            reference_path = out_dir / "reference"
+            if resume_from is None:
+                checkpoint.save_hf(policy, reference_path, ctx, tokenizer)
+                distributed.barrier()
+        reference = load_model(resolve_model_dir(str(reference_path)), config, ctx, trainable=False)
+
+    mode = parallel_mode(config, ctx)
+    if t.compile:
+        for block in policy.blocks:
+            block.compile()
+    policy = distributed.wrap(policy, mode, ctx, mixed_precision=t.mixed_precision,
+                              activation_checkpointing=t.activation_checkpointing, cpu_offload=t.cpu_offload)
+    if reference is not None:
+        reference = distributed.wrap(reference, mode, ctx, mixed_precision=t.mixed_precision, trainable=False)
+    optimizer = make_optimizer(policy, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, schedule.n_steps))
+
+    examples_seen, step = 0, 0
+    if resume_from is not None:
+        state = checkpoint.load_training_state(resume_from, policy, optimizer, ctx)
+        schedule.load_state_dict(state["data"])
+        scheduler.load_state_dict(state["scheduler"])
+        examples_seen, step = state["examples"], state["step"]
+        if ctx.is_main:
+            print(f"resumed from {resume_from} at step {step} ({examples_seen} examples)", flush=True)
+    log = RunLog(out_dir, config_dict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
+    if resume_from is not None:
+        log.truncate_after(examples_seen)
+
+    sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]]
+    my_prompts = sample_prompts[ctx.rank::ctx.world_size]
+    per_rank_batch = t.batch_size // ctx.world_size
+    gpt = distributed.unwrap(policy)
+    flops_per_token = gpt.flops_per_token(config.data.max_length) + (
+        distributed.unwrap(reference).flops_per_token(config.data.max_length, backward=False) if reference else 0)
+    progress = None
+    if ctx.is_main:
+        from tqdm import tqdm
+        progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True)
+
+    def checkpoint_now():
+        trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
+                         "scheduler": scheduler.state_dict()}
+        checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
+
+    final_metrics = {}
+    for micro_batches in schedule:
+        start = time.perf_counter()
+        sums, tokens = {}, torch.zeros((), device=ctx.device)
+        for i, indices in enumerate(micro_batches):
+            batch = collate([train_examples[j] for j in indices], kind, pad_id, config, ctx.device)
+            with distributed.gradient_sync(policy, enabled=i == len(micro_batches) - 1), autocast(config, ctx):
+                example_losses, metrics = micro_batch_losses(policy, reference, batch, config, kind)
+                # sum / per-rank batch: k micro-batches add up to the mean over the rank's share, and
+                # DDP / FSDP average the ranks' gradients: the mean over the global batch.
+                (example_losses.sum() / per_rank_batch).backward()
+            for name, values in metrics.items():
+                sums[name] = sums.get(name, 0) + values.detach().float().sum()
+            tokens += batch["attention_mask"].sum()
+        grad_norm = clip_grad_norm(policy, t.max_grad_norm)
+        metrics = distributed.all_reduce_mean(sums, torch.tensor(float(per_rank_batch), device=ctx.device))
+        if not (math.isfinite(metrics["loss/train"]) and math.isfinite(grad_norm)):
+            raise FloatingPointError(
+                f"non-finite loss ({metrics['loss/train']}) or gradient norm ({grad_norm}) at step {step + 1}; "
+                f"stopping without an update. The last good checkpoint is in {out_dir / 'checkpoints'}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        examples_seen += t.batch_size
+        elapsed = time.perf_counter() - start
+
+        if step % t.log_every == 0 or step == schedule.n_steps:
+            tokens_total = distributed.all_reduce_mean({"tokens": tokens})["tokens"] * ctx.world_size
+            metrics.update({"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                            "examples_per_second": t.batch_size / elapsed, "tokens_per_second": tokens_total / elapsed,
+                            "peak_memory_gb": peak_memory_gb(ctx.device), "counters/updates": step})
+            if ctx.device.type == "cuda":
+                name = torch.cuda.get_device_name(ctx.device)
+                peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+                if peak:  # model FLOPs over all padded positions processed, per GPU
+                    padded = batch["input_ids"].numel() * len(micro_batches)
+                    metrics["mfu"] = flops_per_token * padded / elapsed / peak
+            log.log(metrics, examples_seen)
+            if progress is not None:
+                progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
+        if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:
+            log.log(evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx), examples_seen)
+        if t.sample_every and step % t.sample_every == 0:
+            write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir)
+        if t.save_every and step % t.save_every == 0 and step < schedule.n_steps:
+            checkpoint_now()
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+
+    final_metrics = evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx)
+    log.log(final_metrics, examples_seen)
+    checkpoint_now()
+    final_dir = out_dir / "final"
+    if ctx.is_main and final_dir.exists():
+        import shutil
+        shutil.rmtree(final_dir)
+    distributed.barrier()
+    checkpoint.save_hf(policy, final_dir, ctx, tokenizer)
+    if ctx.is_main:
+        print(f"final model: {final_dir}\n" + "\n".join(f"  {k}: {v:.4f}" for k, v in sorted(final_metrics.items())))
+    if t.sample_reward and sample_prompts:
+        write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir,
+                      final=True)
+    log.finish()
+    return final_metrics
+
+
+def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir, final=False):
+    rows = sample(policy, reference, prompts, tokenizer, config, ctx, step) if prompts else []
+    import torch.distributed as dist
+    if dist.is_initialized():
+        gathered = [None] * ctx.world_size
+        dist.all_gather_object(gathered, rows)
+        rows = [r for part in gathered for r in part]
+    if not ctx.is_main or not rows:
+        return
+    import json
+    with open(out_dir / "samples.jsonl", "a") as f:
+        for row in rows:
+            f.write(json.dumps({"examples": examples_seen, **row}) + "\n")
+    columns = list(rows[0])
+    log.table("samples", columns, [[row.get(c) for c in columns] for row in rows], examples_seen)
+    rewards = {f"samples/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("reward_")}
+    if rewards:
+        log.log(rewards, examples_seen)
+        if final:
+            print("ground-truth reward of samples: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rewards.items()))
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip to max_norm (0 = no clipping) and return the norm before clipping (a plain float on every rank)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def config_dict(config: Config) -> dict:
+    import dataclasses
+    return dataclasses.asdict(config)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.beta=0.5 train.lr=1e-6")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        while True:
+            train(config)
+            if not config.next_config:
+                break
+            config = load_config(config.next_config)
+    except (ConfigError, data.DataError, FloatingPointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
