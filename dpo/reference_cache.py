@@ -127,8 +127,8 @@ def compute_reference_logps(model, batches, gatherer=logits_gatherer, *, num_exa
     """Run the reference model once over `batches` and collect its per-example log-probs.
 
     batches: iterable of dicts with input_ids [2B, T], attention_mask [2B, T], labels [2B, T] (chosen rows
-    first, rejected rows after) and, preferably, `index` [B]: the example index of each pair. Without
-    `index`, pairs are numbered 0, 1, 2, ... in iteration order (so the order must then be fixed).
+    first, rejected rows after) and, preferably, `indices` [B]: the example index of each pair. Without
+    `indices`, pairs are numbered 0, 1, 2, ... in iteration order (so the order must then be fixed).
     gatherer(model, batch) -> (logps [2B], n_tokens [2B]). The model is put in eval mode (no dropout)
     for the pass and restored after. Every index in [0, N) must appear exactly once (N = num_examples,
     else max index + 1)."""
@@ -144,8 +144,8 @@ def compute_reference_logps(model, batches, gatherer=logits_gatherer, *, num_exa
             logps, n_tokens = gatherer(model, on_device)
             c, r = split_chosen_rejected(logps.float().cpu())
             cn, rn = split_chosen_rejected(n_tokens.long().cpu())
-            if "index" in batch:
-                index = torch.as_tensor(batch["index"]).long().cpu().reshape(-1)
+            if "indices" in batch:
+                index = torch.as_tensor(batch["indices"]).long().cpu().reshape(-1)
                 if index.shape[0] != c.shape[0]:
                     raise ValueError(f"batch index has {index.shape[0]} entries for {c.shape[0]} pairs")
             else:

@@ -907,7 +907,7 @@ class Tokenizer:
             raise TokenizerError(f"token id {bad} is not in the vocabulary (size {n})")
         parts, run = [], []
         for i in ids:  # sentencepiece's decode drops control pieces: write them out ourselves
-            if i in self.backend.control_ids and i in special_ids:
+            if i in self.backend.control_ids:
                 parts += [sp.decode(run), sp.id_to_piece(i)]
                 run = []
             else:

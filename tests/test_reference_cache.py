@@ -54,7 +54,7 @@ def collate(examples, indices):
         attention_mask[k, :len(row)] = 1
         labels[k, p:len(row)] = torch.tensor(row[p:])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "index": torch.tensor(indices)}
+            "indices": torch.tensor(indices)}
 
 
 def batches_in_order(examples, order, size=3):
@@ -101,7 +101,7 @@ def test_batches_without_index_are_numbered_in_order():
     examples = make_examples(5)
     batches = batches_in_order(examples, list(range(5)), size=2)
     for b in batches:
-        del b["index"]
+        del b["indices"]
     ref = compute_reference_logps(TinyLM(), batches, progress=False)
     (chosen, _), _ = one_example_logps(TinyLM().eval(), examples[4])
     assert ref.chosen_logps[4].item() == pytest.approx(chosen, abs=1e-5)

@@ -152,7 +152,7 @@ def test_tokenizer_json_gpt2_like(shared_data, tmp_path):
     ht.add_tokens([AddedToken("  ", normalized=True), AddedToken("    ", normalized=True), "<think>"])
     _save(ht, tmp_path / "gpt2json")
     ours = Tokenizer.from_pretrained(tmp_path / "gpt2json")
-    texts = imdb_texts(shared_data, 300) + TEXTS_EXTRA + ["a <think> b", "x<|endoftext|>y"]
+    texts = imdb_texts(shared_data, 150) + TEXTS_EXTRA + ["a <think> b", "x<|endoftext|>y", "tabs\t\t     spaces"]
     ref = HFTokenizer.from_file(str(tmp_path / "gpt2json" / "tokenizer.json"))
     assert_same_ids(ours, ref, texts, allow_special=True)
     ref.encode_special_tokens = True  # tokenizers' own "special tokens are text" mode = our default
