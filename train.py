@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import math
+import os
 import resource
 import sys
 import time
@@ -46,7 +47,10 @@ def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     projection chunk by chunk (dpo.logprobs), so the [N, T, V] logits never exist in memory."""
     hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
     head = distributed.unwrap(model).lm_head
-    return chunked_sequence_logps(hidden, head.weight, head.bias, batch["labels"])
+    # FSDP2 keeps the root's parameters (lm_head among them) gathered after forward; should they be
+    # sharded DTensors, gather them (differentiably: the gradient is scattered back to the shards).
+    weight, bias = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
+    return chunked_sequence_logps(hidden, weight, bias, batch["labels"])
 
 
 def preference_step(policy, reference, batch: dict, config: Config, reference_cache=None):
@@ -97,9 +101,12 @@ def micro_batch_losses(policy, reference, batch, config, kind, reference_cache=N
 # Building blocks: tokenizer, data, models, optimizer.
 
 def resolve_model_dir(name: str) -> Path:
+    """A local checkpoint folder as is; a hub name ("gpt2-large", "org/name") downloaded into the cache."""
     path = Path(name)
     if path.is_dir():
         return path
+    if path.is_absolute() or name.startswith(".") or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such checkpoint directory")
     from dpo.hub import snapshot_download
     return snapshot_download(name)
 
@@ -172,9 +179,11 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":  # plain SGD: its update is linear in the gradient (the invariance tests use it)
+        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
-    raise ConfigError(f"train.optimizer: expected rmsprop | adamw, got {t.optimizer!r}")
+    raise ConfigError(f"train.optimizer: expected rmsprop | adamw | sgd, got {t.optimizer!r}")
 
 
 def lr_factor(step: int, config: Config, total_steps: int) -> float:
@@ -229,13 +238,14 @@ def unsharded_for_generation(model: nn.Module):
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in fsdp_modules:
         m.unshard()
-        m.set_reshard_after_forward(False)
+        m.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
         for m in fsdp_modules:
             m.reshard()
-            m.set_reshard_after_forward(True)
+            # blocks reshard after forward in training; the root keeps FSDP2's default (it does not)
+            m.set_reshard_after_forward(m is not model, recurse=False)
 
 
 @torch.no_grad()
@@ -356,7 +366,8 @@ def train(config: Config) -> dict:
     progress = None
     if ctx.is_main:
         from tqdm import tqdm
-        progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True)
+        progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True,
+                        disable=os.environ.get("DPO_NO_PROGRESS") == "1")
 
     def checkpoint_now():
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),

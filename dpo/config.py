@@ -65,7 +65,7 @@ class TrainConfig:
     max_examples: int = 0           # stop after this many training examples (0 = `epochs` full passes)
     batch_size: int = 64            # global batch, in preference pairs (or sequences for sft)
     micro_batch_size: int = 8       # per rank per forward; accumulation = batch / (micro * world)
-    optimizer: str = "rmsprop"      # rmsprop (the paper) | adamw
+    optimizer: str = "rmsprop"      # rmsprop (the paper) | adamw | sgd
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 150

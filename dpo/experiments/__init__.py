@@ -1,0 +1,8 @@
+"""Reproductions of the paper's experiments: one driver module per experiment, shared pieces beside them.
+
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage all
+
+pairs.py    k scored samples per prompt -> all ordered preference pairs (IMDB, TL;DR miniature)
+common.py   experiment configs, JSON lines I/O, launching train.py, checkpoint listing, result tables
+imdb.py     the IMDB controlled-sentiment frontier (Figure 2, left)
+"""

@@ -1,0 +1,516 @@
+"""IMDB controlled sentiment generation (the DPO paper's Figure 2, left): the whole pipeline, one stage at a time.
+
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml                  # every stage, in order
+    python -m dpo.experiments.imdb --config configs/imdb/paper.yaml --stage sample  # one stage
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage train,evaluate --runs dpo-beta0.1
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml out_dir=runs/imdb-mini-2 seed=1
+
+Stages (each reads the files of the ones before it, resumes where it stopped, skips what is done):
+
+    prepare     (only when window_words > 0) review windows of window_words words in the aclImdb layout,
+                out_dir/data/aclImdb-windows: more, shorter SFT texts and classifier examples from few reviews
+    sft         train.py --config sft_config: the SFT policy (paper: gpt2-large, 1 epoch of IMDB reviews)
+    classifier  (only when reward = "classifier") train.py --config classifier_config: our sentiment
+                classifier on the IMDB labels, whose p(positive) is then the ground-truth reward
+    sample      prefixes of 2-8 tokens (SFT tokenizer) of train_prefixes train reviews, then
+                samples_per_prefix completions of each from the SFT model (sample.py, T = 1, no top-k/p)
+    label       score every completion with the reward; all k(k−1)/2 pairs per prefix ordered by it
+                (ties dropped and counted): out_dir/pairs/{train,eval}.jsonl, eval = held-out prefixes
+    train       one train.py run per method and hyperparameter (`methods`, from train_config), from the
+                SFT model with the SFT model as reference, saving a checkpoint every eval interval
+    evaluate    for the SFT model and every saved checkpoint: one sample per test prefix (T = 1, no
+                top-k/p, max_new_tokens), mean reward and sequence-level KL(π_θ‖π_ref) to the SFT model
+                -> out_dir/results.jsonl (one row per run and step) and out_dir/results.csv
+    plot        jupyter-execute notebooks/imdb_frontier.ipynb on results.csv -> `figure` (PNG)
+
+Frontier point = (mean KL, mean reward) of one checkpoint; the paper plots every 100 steps of every run.
+train.py and sample.py run as subprocesses, under `launcher` (e.g. "torchrun --nproc_per_node=8") when set;
+label and evaluate run in this process on `device`.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dpo import data
+from dpo.experiments import pairs as pairs_lib
+from dpo.experiments.common import (
+    ExperimentError, append_jsonl, expand_sweep, list_checkpoints, load_experiment, read_jsonl, run_train,
+    save_experiment, write_csv, write_jsonl, write_text,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_PY = REPO / "sample.py"
+NOTEBOOK = REPO / "notebooks" / "imdb_frontier.ipynb"
+STAGES = ("prepare", "sft", "classifier", "sample", "label", "train", "evaluate", "plot")
+RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward_mean", "reward_sem",
+                  "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
+                  "mean_completion_tokens", "eos_fraction", "seconds", "checkpoint"]
+
+
+@dataclass
+class ImdbExperiment:
+    out_dir: str = "runs/imdb"          # every file of the experiment goes under here
+    imdb_path: str = "data/aclImdb"     # aclImdb folder or aclImdb_v1.tar.gz (python -m dpo.data download imdb --out data)
+    seed: int = 0                       # prefix choice and lengths, samples
+    device: str = "auto"                # label and evaluate stages: auto | cpu | cuda
+    launcher: str = ""                  # prefix of train.py / sample.py runs ("" = this Python), e.g. torchrun ...
+    window_words: int = 0               # > 0: SFT and classifier train on review windows of this many words
+    sft_config: str = "configs/imdb/sft.yaml"
+    reward: str = "hf:siebert/sentiment-roberta-large-english"  # "classifier" (ours) or a dpo.rewards spec
+    classifier_config: str = "configs/imdb/classifier.yaml"
+    reward_batch_size: int = 64
+    train_prefixes: int = 25000         # train reviews whose prefixes are sampled (0 = all)
+    pair_eval_prefixes: int = 500       # of those, held out: their pairs are train.py's evaluation set
+    prefix_min_tokens: int = 2
+    prefix_max_tokens: int = 8
+    samples_per_prefix: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 60
+    sample_batch_size: int = 64
+    tie_tolerance: float = 0.0          # |r_i − r_j| <= this is a tie (pair dropped and counted)
+    train_config: str = "configs/imdb/dpo.yaml"
+    methods: dict = field(default_factory=dict)  # {method: {overrides: [k=v], param: key, values: [...]}}
+    eval_prefixes: int = 1000           # test reviews whose prefixes evaluate each checkpoint
+    eval_batch_size: int = 64
+    figure: str = "notebooks/figures/imdb_frontier.png"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths
+
+def paths(x: ImdbExperiment) -> dict:
+    out = Path(x.out_dir)
+    return {
+        "windows": out / "data" / "aclImdb-windows", "sft": out / "sft", "classifier": out / "classifier",
+        "train_prompts": out / "prompts" / "train.jsonl", "test_prompts": out / "prompts" / "test.jsonl",
+        "samples": out / "samples" / "train.jsonl", "scores": out / "samples" / "train_scores.jsonl",
+        "pairs_train": out / "pairs" / "train.jsonl", "pairs_eval": out / "pairs" / "eval.jsonl",
+        "pairs_summary": out / "pairs" / "summary.json", "runs": out / "runs", "eval_samples": out / "eval_samples",
+        "results": out / "results.jsonl", "results_csv": out / "results.csv",
+    }
+
+
+def sft_data_path(x: ImdbExperiment) -> Path:
+    return paths(x)["windows"] if x.window_words > 0 else Path(x.imdb_path)
+
+
+def reward_spec(x: ImdbExperiment) -> str:
+    return f"classifier:{paths(x)['classifier'] / 'final'}" if x.reward == "classifier" else x.reward
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise ExperimentError(f"{path}: missing; run the {stage} stage first")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare: review windows
+
+def review_windows(text: str, words: int) -> list[str]:
+    """Consecutive windows of `words` whitespace-separated words, cut from the text itself (its inner
+    whitespace kept). A last window shorter than words/2 joins the one before it (no stubs)."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    starts = list(range(0, len(spans), words))
+    if len(starts) > 1 and len(spans) - starts[-1] < words / 2:
+        starts.pop()
+    ends = starts[1:] + [len(spans)]
+    return [text[spans[a][0]:spans[b - 1][1]] for a, b in zip(starts, ends)]
+
+
+def stage_prepare(x: ImdbExperiment) -> None:
+    """aclImdb-layout folder of review windows (train and test): <review id · 1000 + window>_<rating>.txt."""
+    out = paths(x)["windows"]
+    if x.window_words <= 0:
+        print("prepare: window_words = 0, SFT and classifier read whole reviews from imdb_path")
+        return
+    if out.is_dir():
+        print(f"skip: {out} exists")
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = Counter()
+    for split in ("train", "test"):
+        for review in data.read_imdb(x.imdb_path, split):
+            windows = review_windows(review["text"], x.window_words)
+            if len(windows) >= 1000:
+                raise ExperimentError(f"{review['source']}: more than 999 windows of {x.window_words} words")
+            folder = tmp / split / review["polarity"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, window in enumerate(windows):
+                (folder / f"{review['id'] * 1000 + i}_{review['rating']}.txt").write_text(window)
+            counts[f"{split} reviews"] += 1
+            counts[f"{split} windows"] += len(windows)
+    os.replace(tmp, out)
+    print(f"prepare: {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# sft, classifier
+
+def stage_sft(x: ImdbExperiment) -> None:
+    data_path = require(sft_data_path(x), "prepare" if x.window_words > 0 else "download (python -m dpo.data download imdb)")
+    run_train(x.sft_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['sft']}"],
+              run_dir=paths(x)["sft"], launcher=x.launcher)
+
+
+def stage_classifier(x: ImdbExperiment) -> None:
+    if x.reward != "classifier":
+        print(f"classifier: not needed, the reward is {x.reward}")
+        return
+    data_path = require(sft_data_path(x), "prepare")
+    run_train(x.classifier_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['classifier']}"],
+              run_dir=paths(x)["classifier"], launcher=x.launcher)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sample: prefixes, then sample.py
+
+def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
+    """n indices of range(n_total) in a seeded random order (all of them when n <= 0 or n >= n_total).
+    read_imdb sorts reviews by polarity, so a plain head would be all negative."""
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order if n <= 0 or n >= n_total else order[:n]
+
+
+def prefix_prompts(x: ImdbExperiment, split: str, n: int, tokenizer, seed: int) -> tuple[list[dict], Counter]:
+    """{"prompt_id", "prompt", "label", "source"} for the 2–8-token prefixes of n seeded-random reviews."""
+    reviews = data.read_imdb(x.imdb_path, split)
+    chosen = [reviews[i] for i in seeded_subset(len(reviews), n, seed)]
+    counts = Counter()
+    prompts = data.imdb_prefix_prompts(chosen, tokenizer, seed, x.prefix_min_tokens, x.prefix_max_tokens, counts)
+    rows = [{"prompt_id": i, "prompt": p["prompt"], "label": p["label"], "source": p["source"]}
+            for i, p in enumerate(prompts)]
+    return rows, counts
+
+
+def write_prompts(x: ImdbExperiment) -> None:
+    from dpo.tokenizer import Tokenizer
+    p = paths(x)
+    if p["train_prompts"].is_file() and p["test_prompts"].is_file():
+        return
+    tokenizer = Tokenizer.from_pretrained(require(p["sft"] / "final", "sft"))
+    train, counts = prefix_prompts(x, "train", x.train_prefixes, tokenizer, x.seed)
+    if not 0 <= x.pair_eval_prefixes < len(train):
+        raise ExperimentError(f"pair_eval_prefixes: {x.pair_eval_prefixes} of {len(train)} train prefixes "
+                              f"would leave none to train on")
+    for i, row in enumerate(train):  # the last pair_eval_prefixes prefixes: train.py's evaluation pairs
+        row["split"] = "eval" if i >= len(train) - x.pair_eval_prefixes else "train"
+    test, test_counts = prefix_prompts(x, "test", x.eval_prefixes, tokenizer, x.seed + 1)
+    write_jsonl(p["test_prompts"], test)
+    write_jsonl(p["train_prompts"], train)
+    print(f"prefixes: {len(train)} train ({x.pair_eval_prefixes} held out for pair evaluation), {len(test)} test"
+          + "".join(f"; left out: {v} {k}" for k, v in (counts + test_counts).items()))
+
+
+def stage_sample(x: ImdbExperiment) -> None:
+    p = paths(x)
+    write_prompts(x)
+    if p["samples"].is_file() and not list(p["samples"].parent.glob(p["samples"].name + ".rank*.part")):
+        rows = sum(1 for _ in open(p["samples"]))
+        expected = sum(1 for _ in open(p["train_prompts"])) * x.samples_per_prefix
+        if rows >= expected:
+            print(f"skip: {p['samples']} holds {rows} samples")
+            return
+    head = shlex.split(x.launcher) if x.launcher else [sys.executable]
+    argv = [*head, str(SAMPLE_PY), "--model", str(p["sft"] / "final"), "--prompts", str(p["train_prompts"]),
+            "--out", str(p["samples"]), "--n", str(x.samples_per_prefix), "--temperature", str(x.temperature),
+            "--max-new-tokens", str(x.max_new_tokens), "--batch-size", str(x.sample_batch_size),
+            "--seed", str(x.seed), "--device", x.device]
+    print("$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    if subprocess.run(argv).returncode != 0:
+        raise ExperimentError("sample.py failed (command above); rerun the stage to resume")
+
+
+# ---------------------------------------------------------------------------------------------------
+# label: rewards, then pairs
+
+def score_rows(rows: list[dict], scorer, done: set, out: Path, batch_size: int, chunk: int = 4096) -> None:
+    """Append {"prompt_id", "sample_index", "reward"} for every row not in `done`, `chunk` rows per write."""
+    todo = [r for r in rows if (r["prompt_id"], r["sample_index"]) not in done]
+    from tqdm import tqdm
+    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc="label", unit="sample",
+              disable=os.environ.get("DPO_NO_PROGRESS") == "1") as bar:
+        for k in range(0, len(todo), chunk):
+            part = todo[k:k + chunk]
+            rewards = []
+            for b in range(0, len(part), batch_size):
+                batch = part[b:b + batch_size]
+                rewards += scorer([r["prompt"] for r in batch], [r["completion"] for r in batch]).tolist()
+                bar.update(len(batch))
+            append_jsonl(out, [{"prompt_id": r["prompt_id"], "sample_index": r["sample_index"], "reward": v}
+                               for r, v in zip(part, rewards)])
+
+
+def stage_label(x: ImdbExperiment) -> None:
+    from dpo import rewards
+    p = paths(x)
+    if p["pairs_summary"].is_file():
+        print(f"skip: {p['pairs_summary']} exists")
+        return
+    samples = read_jsonl(require(p["samples"], "sample"))
+    split_of = {r["prompt_id"]: r["split"] for r in read_jsonl(p["train_prompts"])}
+    done = {(r["prompt_id"], r["sample_index"]) for r in read_jsonl(p["scores"], resumable=True)}
+    if len(done) < len(samples):
+        scorer = rewards.load_scorer(reward_spec(x), device=pick_device(x.device))
+        score_rows(samples, scorer, done, p["scores"], x.reward_batch_size)
+    reward_of = {(r["prompt_id"], r["sample_index"]): r["reward"] for r in read_jsonl(p["scores"])}
+    missing = [r for r in samples if (r["prompt_id"], r["sample_index"]) not in reward_of]
+    if missing:
+        raise ExperimentError(f"{p['scores']}: no reward for {len(missing)} samples (rerun the label stage)")
+    for r in samples:
+        r["reward"] = reward_of[(r["prompt_id"], r["sample_index"])]
+    summary = {"reward": reward_spec(x), "tie_tolerance": x.tie_tolerance,
+               "mean_sample_reward": sum(r["reward"] for r in samples) / len(samples)}
+    for split, out in (("train", p["pairs_train"]), ("eval", p["pairs_eval"])):
+        groups = pairs_lib.group_samples(r for r in samples if split_of[r["prompt_id"]] == split)
+        split_pairs, counts = pairs_lib.build_pairs(groups, tie_tolerance=x.tie_tolerance)
+        write_jsonl(out, split_pairs)
+        summary[split] = dict(counts)
+        print(f"pairs {split} -> {out}\n{pairs_lib.format_pair_counts(counts)}")
+    write_text(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# train: the sweep
+
+def sweep(x: ImdbExperiment, only: list[str] | None = None) -> list[dict]:
+    runs = expand_sweep(x.methods)
+    if only:
+        unknown = sorted(set(only) - {r["name"] for r in runs})
+        if unknown:
+            raise ExperimentError(f"--runs: unknown run(s) {', '.join(unknown)}; the sweep has "
+                                  f"{', '.join(r['name'] for r in runs)}")
+        runs = [r for r in runs if r["name"] in only]
+    return runs
+
+
+def stage_train(x: ImdbExperiment, only=None) -> None:
+    p = paths(x)
+    sft = require(p["sft"] / "final", "sft")
+    require(p["pairs_summary"], "label")
+    for run in sweep(x, only):
+        run_dir = p["runs"] / run["name"]
+        overrides = [f"model.name={sft}", f"data.path={p['pairs_train']}", f"data.eval_path={p['pairs_eval']}",
+                     f"train.out_dir={run_dir}", f"wandb.name=imdb-{run['name']}", *run["overrides"]]
+        run_train(x.train_config, overrides, run_dir=run_dir, launcher=x.launcher)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate: reward and KL of samples from every checkpoint
+
+@torch.no_grad()
+def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
+                         temperature: float = 1.0, batch_size: int = 64, seed: int = 0, device="cpu") -> list[list[int]]:
+    """One completion per prompt (ids, ending with EOS when the sample stopped on one), in input order.
+
+    Plain ancestral sampling (no top-k/top-p), rows sorted by prompt length and batched with the KV cache.
+    The batches and the generator seed are the same for every model, so two checkpoints see the same
+    random numbers (common random numbers: their difference has less noise than either)."""
+    from dpo.batching import collate_prompts, pad_id_for
+    pad_id = pad_id_for(tokenizer)
+    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    out = [None] * len(prompt_ids)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for k in range(0, len(order), batch_size):
+        batch = order[k:k + batch_size]
+        collated = collate_prompts([prompt_ids[i] for i in batch], pad_id)
+        ids = collated["input_ids"].to(device)
+        new = model.generate(ids, collated["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                             temperature=temperature, eos_id=tokenizer.eos_id, pad_id=pad_id,
+                             generator=generator)[:, ids.shape[1]:].tolist()
+        for i, row in zip(batch, new):
+            out[i] = row[:row.index(tokenizer.eos_id) + 1] if tokenizer.eos_id in row else row
+    return out
+
+
+def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *, max_new_tokens: int,
+                    temperature: float, batch_size: int, seed: int, device, model_name: str = "") -> tuple[dict, list[dict]]:
+    """Sample one completion per prompt from `policy`, score it, and measure KL(policy ‖ reference).
+
+    Returns (metrics, sample rows). metrics use dpo.evaluate's reward-table names: n_samples, reward_mean,
+    reward_sem, kl_exact_mean, kl_exact_sem, kl_sampled_mean, kl_sampled_sem, mean_completion_tokens,
+    eos_fraction. Sample rows are in sample.py's format (plus reward and KLs), so `python -m dpo.evaluate
+    reward FILE --reward ...` can score them again with another reward."""
+    from dpo.batching import pad_id_for
+    from dpo.evaluate import mean_sem
+    from dpo.kl import sequence_kl
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    completion_ids = generate_completions(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, batch_size=batch_size, seed=seed, device=device)
+    eos = tokenizer.eos_id
+    texts = [tokenizer.decode([t for t in c if t != eos]) for c in completion_ids]
+    reward = scorer(prompts, texts).float().tolist()
+    kl = sequence_kl(policy, reference, prompt_ids, completion_ids, batch_size=batch_size, device=device,
+                     pad_id=pad_id_for(tokenizer))
+    kl_exact, kl_sampled = kl["kl_exact"].tolist(), kl["kl_sampled"].tolist()
+    ended = [bool(c) and c[-1] == eos for c in completion_ids]
+    metrics = {"n_samples": len(prompts)}
+    metrics["reward_mean"], metrics["reward_sem"] = mean_sem(reward)
+    metrics["kl_exact_mean"], metrics["kl_exact_sem"] = mean_sem(kl_exact)
+    metrics["kl_sampled_mean"], metrics["kl_sampled_sem"] = mean_sem(kl_sampled)
+    metrics["mean_completion_tokens"] = sum(map(len, completion_ids)) / len(completion_ids)
+    metrics["eos_fraction"] = sum(ended) / len(ended)
+    rows = [{"prompt_id": i, "sample_index": 0, "prompt": prompts[i], "completion": texts[i], "model": model_name,
+             "temperature": temperature, "top_k": None, "top_p": None, "max_new_tokens": max_new_tokens,
+             "seed": seed, "finish_reason": "eos" if ended[i] else "length", "prompt_token_ids": prompt_ids[i],
+             "completion_token_ids": completion_ids[i], "reward": reward[i], "kl_exact": kl_exact[i],
+             "kl_sampled": kl_sampled[i]} for i in range(len(prompts))]
+    return metrics, rows
+
+
+def checkpoints_to_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
+    """The SFT model (step 0 of every run) and every complete checkpoint of every run of the sweep."""
+    p = paths(x)
+    items = [{"run": "sft", "method": "sft", "param": "", "value": None, "step": 0, "examples": 0,
+              "checkpoint": str(p["sft"] / "final")}]
+    for run in sweep(x, only):
+        for step, folder in list_checkpoints(p["runs"] / run["name"]):
+            examples = json.loads((folder / "trainer_state.json").read_text()).get("examples")
+            items.append({"run": run["name"], "method": run["method"], "param": run["param"],
+                          "value": run["value"], "step": step, "examples": examples, "checkpoint": str(folder)})
+    return items
+
+
+def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
+    from dpo import rewards
+    from dpo.model import GPT
+    from dpo.tokenizer import Tokenizer
+    p = paths(x)
+    device = pick_device(x.device)
+    sft = require(p["sft"] / "final", "sft")
+    test = read_jsonl(require(p["test_prompts"], "sample"))
+    prompts = [r["prompt"] for r in test]
+    done = {(r["run"], r["step"]) for r in read_jsonl(p["results"], resumable=True)}
+    todo = [c for c in checkpoints_to_evaluate(x, only) if (c["run"], c["step"]) not in done]
+    if todo:
+        tokenizer = Tokenizer.from_pretrained(sft)
+        reference = GPT.from_pretrained(sft, device=device).eval()
+        scorer = rewards.load_scorer(reward_spec(x), device=device)
+        for item in todo:
+            start = time.perf_counter()
+            policy = reference if item["run"] == "sft" else GPT.from_pretrained(item["checkpoint"], device=device).eval()
+            metrics, rows = evaluate_policy(policy, reference, tokenizer, prompts, scorer,
+                                            max_new_tokens=x.max_new_tokens, temperature=x.temperature,
+                                            batch_size=x.eval_batch_size, seed=x.seed, device=device,
+                                            model_name=item["checkpoint"])
+            row = {**item, **metrics, "seconds": round(time.perf_counter() - start, 2)}
+            write_jsonl(p["eval_samples"] / item["run"] / f"step-{item['step']:06d}.jsonl", rows)
+            append_jsonl(p["results"], [row])
+            print(f"evaluate {item['run']} step {item['step']}: reward {row['reward_mean']:.3f} ± "
+                  f"{row['reward_sem']:.3f}  KL {row['kl_exact_mean']:.2f} ± {row['kl_exact_sem']:.2f}  "
+                  f"({row['seconds']:.1f}s)", flush=True)
+    results = sorted(read_jsonl(p["results"]), key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
+    write_csv(p["results_csv"], results, RESULT_COLUMNS)
+    print(f"results: {p['results_csv']} ({len(results)} rows)\n" + format_table(final_rows(results)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+def final_rows(results: list[dict]) -> list[dict]:
+    """The last evaluated step of each run (and the SFT row), in the order methods first appear."""
+    last = {}
+    for row in results:
+        if row["run"] not in last or row["step"] > last[row["run"]]["step"]:
+            last[row["run"]] = row
+    return list(last.values())
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table: method, hyperparameter, step, mean reward ± sem, mean KL ± sem."""
+    def pm(mean, sem, digits):
+        return f"{mean:.{digits}f}" + ("" if sem is None else f" ± {sem:.{digits}f}")
+    lines = ["| method | hyperparameter | step | reward | KL(π‖π_ref) |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        hp = f"{r['param'].rsplit('.', 1)[-1]} = {r['value']}" if r.get("param") else "—"
+        lines.append(f"| {r['method']} | {hp} | {r['step']} | {pm(r['reward_mean'], r['reward_sem'], 3)} "
+                     f"| {pm(r['kl_exact_mean'], r['kl_exact_sem'], 2)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot
+
+def jupyter_execute() -> str | None:
+    beside = Path(sys.executable).with_name("jupyter-execute")
+    return str(beside) if beside.is_file() else shutil.which("jupyter-execute")
+
+
+def stage_plot(x: ImdbExperiment) -> None:
+    """Execute the notebook headless on results.csv; it writes `figure` and the CSV beside it."""
+    results = require(paths(x)["results_csv"], "evaluate")
+    runner = jupyter_execute()
+    if runner is None:
+        raise ExperimentError("plot: jupyter-execute not found (pip install -r requirements-dev.txt installs "
+                              "nbclient, ipykernel and matplotlib); results are in " + str(results))
+    env = {**os.environ, "IMDB_RESULTS": str(Path(results).resolve()), "IMDB_FIGURE": str(Path(x.figure).resolve())}
+    print(f"$ IMDB_RESULTS={env['IMDB_RESULTS']} IMDB_FIGURE={env['IMDB_FIGURE']} {runner} {NOTEBOOK}", flush=True)
+    if subprocess.run([runner, str(NOTEBOOK)], env=env, cwd=NOTEBOOK.parent).returncode != 0:
+        raise ExperimentError(f"plot: executing {NOTEBOOK} failed")
+    print(f"figure: {x.figure}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
+    save_experiment(x, Path(x.out_dir) / "experiment.yaml")
+    actions = {"prepare": stage_prepare, "sft": stage_sft, "classifier": stage_classifier, "sample": stage_sample,
+               "label": stage_label, "train": lambda x: stage_train(x, only),
+               "evaluate": lambda x: stage_evaluate(x, only), "plot": stage_plot}
+    for stage in stages:
+        start = time.perf_counter()
+        print(f"=== stage {stage}", flush=True)
+        actions[stage](x)
+        print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def parse_stages(text: str) -> list[str]:
+    if text == "all":
+        return list(STAGES)
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ExperimentError(f"--stage: unknown stage(s) {', '.join(bad) or '(none)'}; expected all or a "
+                              f"comma-separated list of {', '.join(STAGES)}")
+    return stages
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpo.experiments.imdb", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--config", required=True, help="experiment config (configs/imdb/*.yaml)")
+    parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(STAGES)}")
+    parser.add_argument("--runs", default="", help="train/evaluate only these runs of the sweep (comma-separated)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
+    args = parser.parse_args(argv)
+    try:
+        x = load_experiment(ImdbExperiment, args.config, args.overrides)
+        run_stages(x, parse_stages(args.stage), [r for r in args.runs.split(",") if r] or None)
+    except (ExperimentError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

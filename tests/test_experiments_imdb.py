@@ -1,0 +1,291 @@
+"""The IMDB experiment's pieces: pair construction (4 samples -> 6 ordered pairs, ties dropped and counted),
+the sweep, resumable files, review windows, the notebook executed headless on a small results file, and a
+smoke run of the driver's stages on a toy aclImdb folder (tiny models, the quickstart reward)."""
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dpo import data
+from dpo.experiments import common, imdb, pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs
+
+def test_four_samples_give_six_pairs_ordered_by_reward():
+    counts = Counter()
+    completions = ["a", "b", "c", "d"]
+    rewards = [0.1, 0.9, 0.5, 0.3]
+    got = pairs.ordered_pairs(completions, rewards, counts=counts)
+    # every (i < j) once, chosen first: the higher reward
+    assert got == [(1, 0), (2, 0), (3, 0), (1, 2), (1, 3), (2, 3)]
+    assert all(rewards[c] > rewards[r] for c, r in got)
+    assert sorted(tuple(sorted(p)) for p in got) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert counts == Counter()
+
+
+def test_ties_and_empty_completions_are_dropped_and_counted():
+    counts = Counter()
+    got = pairs.ordered_pairs(["a", "b", "c", "d"], [0.5, 0.5, 0.2, 0.5], counts=counts)
+    assert got == [(0, 2), (1, 2), (3, 2)]
+    assert counts[pairs.TIE] == 3
+    counts = Counter()
+    got = pairs.ordered_pairs(["a", "b", "c", "d"], [0.5, 0.52, 0.2, 0.9], tie_tolerance=0.05, counts=counts)
+    assert counts[pairs.TIE] == 1 and len(got) == 5
+    counts = Counter()  # identical texts are a tie whatever the scores say; an empty side is no pair
+    got = pairs.ordered_pairs(["same", "same", "  ", "x"], [0.1, 0.2, 0.9, 0.4], counts=counts)
+    assert got == [(3, 0), (3, 1)]
+    assert counts[pairs.TIE] == 1 and counts[pairs.EMPTY] == 3
+
+
+def test_build_pairs_rows_counts_and_preference_jsonl_format(tmp_path):
+    rows = [{"prompt_id": pid, "sample_index": s, "prompt": f"p{pid}", "completion": f"c{pid}{s}",
+             "reward": r} for pid, rewards in [(0, [0.1, 0.9, 0.5, 0.3]), (1, [0.4, 0.4, 0.4, 0.8]), (2, [0.7])]
+            for s, r in enumerate(rewards)]
+    groups = pairs.group_samples(rows)
+    assert list(groups) == [0, 1, 2]
+    got, counts = pairs.build_pairs(groups)
+    assert counts["prompts"] == 3 and counts["samples"] == 9
+    assert counts["pairs possible"] == 6 + 6 + 0
+    assert counts["pairs"] == len(got) == 6 + 3
+    assert counts[pairs.TIE] == 3 and counts[pairs.SINGLE] == 1
+    assert counts["pairs"] + counts[pairs.TIE] + counts[pairs.EMPTY] == counts["pairs possible"]
+    assert got[0] == {"prompt": "p0", "chosen": "c01", "rejected": "c00", "reward_chosen": 0.9,
+                      "reward_rejected": 0.1, "prompt_id": 0}
+    assert all(p["reward_chosen"] > p["reward_rejected"] for p in got)
+    path = tmp_path / "pairs.jsonl"
+    common.write_jsonl(path, got)
+    read = data.read_preference_jsonl(path)
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in read] == \
+        [(p["prompt"], p["chosen"], p["rejected"]) for p in got]
+    assert "pairs: 9" in pairs.format_pair_counts(counts)
+    with pytest.raises(ValueError, match="different prompts"):
+        pairs.build_pairs({0: [dict(rows[0]), dict(rows[1], prompt="other")]})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Common pieces
+
+def test_expand_sweep_names_and_overrides():
+    runs = common.expand_sweep({
+        "dpo": {"overrides": ["loss.name=sigmoid"], "param": "loss.beta", "values": [0.05, 5]},
+        "unlikelihood": {"overrides": ["loss.name=unlikelihood"], "param": "loss.options.unlikelihood_alpha",
+                         "values": [1]},
+        "preferred_ft": {"overrides": ["loss.name=preferred_ft"]}})
+    assert [r["name"] for r in runs] == ["dpo-beta0.05", "dpo-beta5", "unlikelihood-alpha1", "preferred_ft"]
+    assert runs[1]["overrides"] == ["loss.name=sigmoid", "loss.beta=5"]
+    assert runs[2]["overrides"][-1] == "loss.options.unlikelihood_alpha=1"
+    assert runs[3]["param"] == "" and runs[3]["value"] is None
+    with pytest.raises(common.ExperimentError, match="go together"):
+        common.expand_sweep({"dpo": {"param": "loss.beta"}})
+    with pytest.raises(common.ExperimentError, match="unknown key"):
+        common.expand_sweep({"dpo": {"valuez": [1]}})
+
+
+def test_the_paper_sweep_in_the_shipped_configs():
+    for name in ("paper.yaml", "mini.yaml"):
+        x = common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / name)
+        runs = imdb.sweep(x)
+        assert [r["value"] for r in runs if r["method"] == "dpo"] == [0.05, 0.1, 1, 5]
+        assert [r["value"] for r in runs if r["method"] == "unlikelihood"] == [0.05, 0.1, 0.5, 1]
+        assert [r["name"] for r in runs if r["method"] == "preferred_ft"] == ["preferred_ft"]
+        assert x.samples_per_prefix == 4 and x.max_new_tokens == 60 and x.temperature == 1.0
+    with pytest.raises(ValueError, match="unknown key 'sample_size'"):
+        common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / "mini.yaml", ["sample_size=3"])
+
+
+def test_resumable_jsonl_drops_a_cut_last_line(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    common.append_jsonl(path, [{"a": 1}, {"a": 2}])
+    with open(path, "a") as f:
+        f.write('{"a": 3')  # a write cut by a kill
+    with pytest.raises(common.ExperimentError, match=r"rows.jsonl:3: invalid JSON"):
+        common.read_jsonl(path)
+    assert common.read_jsonl(path, resumable=True) == [{"a": 1}, {"a": 2}]
+    assert "incomplete last line" in capsys.readouterr().err
+    common.append_jsonl(path, [{"a": 3}])
+    assert common.read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_list_checkpoints_only_complete_ones(tmp_path):
+    for name, complete in [("step-000020", True), ("step-000010", True), ("step-000030.tmp", True),
+                           ("step-000040", False)]:
+        folder = tmp_path / "checkpoints" / name
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert [s for s, _ in common.list_checkpoints(tmp_path)] == [10, 20]
+    assert common.list_checkpoints(tmp_path / "nothing") == []
+
+
+def test_review_windows():
+    text = " ".join(f"w{i}" for i in range(10))
+    assert imdb.review_windows(text, 4) == ["w0 w1 w2 w3", "w4 w5 w6 w7", "w8 w9"]
+    assert imdb.review_windows(text, 3) == ["w0 w1 w2", "w3 w4 w5", "w6 w7 w8 w9"]  # a 1-word stub joins
+    assert imdb.review_windows("a  b\n\nc d", 3) == ["a  b\n\nc d"]
+    assert imdb.seeded_subset(10, 4, 0) == imdb.seeded_subset(10, 4, 0) != imdb.seeded_subset(10, 4, 1)
+    assert sorted(imdb.seeded_subset(10, 0, 0)) == list(range(10))
+
+
+def test_format_table():
+    rows = [{"run": "sft", "method": "sft", "param": "", "value": None, "step": 0, "reward_mean": 0.5,
+             "reward_sem": 0.02, "kl_exact_mean": 0.0, "kl_exact_sem": 0.0},
+            {"run": "dpo-beta0.1", "method": "dpo", "param": "loss.beta", "value": 0.1, "step": 10,
+             "reward_mean": 0.7, "reward_sem": 0.02, "kl_exact_mean": 1.0, "kl_exact_sem": 0.1},
+            {"run": "dpo-beta0.1", "method": "dpo", "param": "loss.beta", "value": 0.1, "step": 20,
+             "reward_mean": 0.8, "reward_sem": 0.02, "kl_exact_mean": 2.0, "kl_exact_sem": 0.1}]
+    table = imdb.format_table(imdb.final_rows(rows))
+    assert table.splitlines()[2] == "| sft | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
+    assert table.splitlines()[3] == "| dpo | beta = 0.1 | 20 | 0.800 ± 0.020 | 2.00 ± 0.10 |"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The notebook, headless
+
+def results_rows() -> list[dict]:
+    rows = [{"run": "sft", "method": "sft", "param": "", "value": "", "step": 0, "examples": 0, "reward_mean": 0.5,
+             "reward_sem": 0.02, "kl_exact_mean": 0.0, "kl_exact_sem": 0.0, "kl_sampled_mean": 0.0, "n_samples": 50}]
+    for method, param, values in [("dpo", "loss.beta", [0.1, 1]), ("unlikelihood", "loss.options.unlikelihood_alpha", [1]),
+                                  ("preferred_ft", "", [""])]:
+        for value in values:
+            for step in (10, 20):
+                rows.append({"run": f"{method}-{value}", "method": method, "param": param, "value": value,
+                             "step": step, "examples": 64 * step, "reward_mean": 0.5 + step / 100,
+                             "reward_sem": 0.02, "kl_exact_mean": step / 5, "kl_exact_sem": 0.1,
+                             "kl_sampled_mean": step / 5, "n_samples": 50})
+    return rows
+
+
+def test_notebook_executes_headless_and_writes_the_png(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results.csv"
+    common.write_csv(results, results_rows(), imdb.RESULT_COLUMNS)
+    figure = tmp_path / "figures" / "frontier.png"
+    monkeypatch.setenv("IMDB_RESULTS", str(results))
+    monkeypatch.setenv("IMDB_FIGURE", str(figure))
+    notebook = nbformat.read(ROOT / "notebooks" / "imdb_frontier.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    assert figure.with_suffix(".csv").read_text() == results.read_text()
+    table = figure.with_suffix(".md").read_text().splitlines()
+    assert table[2] == "| sft | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
+    assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
+    assert len(table) == 2 + 1 + 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver, end to end on a toy aclImdb folder
+
+def toy_imdb(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
+    """An aclImdb-layout folder of short reviews built from the quickstart vocabulary."""
+    from dpo import quickstart
+    rng = random.Random(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for polarity, words in (("pos", quickstart.POSITIVE), ("neg", quickstart.NEGATIVE)):
+            folder = root / split / polarity
+            folder.mkdir(parents=True)
+            for i in range(n // 2):
+                text = " ".join(f"{rng.choice(quickstart.ASPECTS)} was {rng.choice(words)} ." for _ in range(6))
+                (folder / f"{i}_{8 if polarity == 'pos' else 2}.txt").write_text(text)
+    return root
+
+
+def write_toy_configs(tmp_path: Path) -> Path:
+    (tmp_path / "sft.yaml").write_text("""
+model: {name: "", tokenizer_vocab_size: 300, n_layer: 1, n_head: 2, n_embd: 32, max_seq_len: 64}
+data: {format: imdb, eval_examples: 8, max_length: 48, max_prompt_length: 4}
+loss: {name: sft}
+train: {epochs: 1, batch_size: 8, micro_batch_size: 8, optimizer: adamw, lr: 3.0e-3, warmup_steps: 0,
+        log_every: 100, device: cpu}
+wandb: {mode: disabled}
+""")
+    (tmp_path / "dpo.yaml").write_text("""
+data: {format: preference_jsonl, eval_examples: 8, max_length: 40, max_prompt_length: 8}
+loss: {name: sigmoid, beta: 0.1}
+train: {epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: rmsprop, lr: 1.0e-3,
+        warmup_steps: 0, save_every: 1, log_every: 100, device: cpu}
+wandb: {mode: disabled}
+""")
+    (tmp_path / "experiment.yaml").write_text(f"""
+out_dir: {tmp_path / 'out'}
+imdb_path: {toy_imdb(tmp_path / 'aclImdb')}
+device: cpu
+window_words: 0
+sft_config: {tmp_path / 'sft.yaml'}
+reward: quickstart
+train_prefixes: 0
+pair_eval_prefixes: 4
+samples_per_prefix: 4
+max_new_tokens: 12
+sample_batch_size: 32
+train_config: {tmp_path / 'dpo.yaml'}
+methods:
+  dpo: {{overrides: [loss.name=sigmoid], param: loss.beta, values: [0.1]}}
+  preferred_ft: {{overrides: [loss.name=preferred_ft]}}
+eval_prefixes: 8
+eval_batch_size: 8
+figure: {tmp_path / 'figure.png'}
+""")
+    return tmp_path / "experiment.yaml"
+
+
+def driver(config: Path, stages: str, *extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DPO_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", "dpo.experiments.imdb", "--config", str(config), "--stage", stages,
+                           *extra], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
+    config = write_toy_configs(tmp_path)
+    proc = driver(config, "prepare,sft,classifier,sample,label,train,evaluate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    prompts = common.read_jsonl(out / "prompts" / "train.jsonl")
+    assert len(prompts) == 24 and sum(p["split"] == "eval" for p in prompts) == 4
+    assert len(common.read_jsonl(out / "samples" / "train.jsonl")) == 24 * 4
+    summary = json.loads((out / "pairs" / "summary.json").read_text())
+    for split, n_prefixes in (("train", 20), ("eval", 4)):
+        c = summary[split]
+        assert c["prompts"] == n_prefixes and c["pairs possible"] == 6 * n_prefixes
+        assert c["pairs"] + c.get(pairs.TIE, 0) + c.get(pairs.EMPTY, 0) == c["pairs possible"]
+        assert len(common.read_jsonl(out / "pairs" / f"{split}.jsonl")) == c["pairs"]
+    for pair in common.read_jsonl(out / "pairs" / "train.jsonl"):
+        assert pair["reward_chosen"] > pair["reward_rejected"]
+    results = common.read_jsonl(out / "results.jsonl")
+    # the SFT model (step 0) and checkpoints 1 and 2 of both runs
+    assert sorted((r["run"], r["step"]) for r in results) == [
+        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
+    sft = next(r for r in results if r["run"] == "sft")
+    assert sft["kl_exact_mean"] == 0 and sft["n_samples"] == 8  # the reference against itself
+    assert all(r["kl_exact_mean"] >= 0 and 0 <= r["reward_mean"] <= 1 for r in results)
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header == ",".join(imdb.RESULT_COLUMNS)
+    eval_rows = common.read_jsonl(out / "eval_samples" / "dpo-beta0.1" / "step-000002.jsonl")
+    assert len(eval_rows) == 8 and {"prompt", "completion", "completion_token_ids", "reward", "kl_exact"} <= set(eval_rows[0])
+    # everything is done: a rerun skips every stage and changes nothing
+    before = (out / "results.csv").read_text()
+    proc = driver(config, "sft,sample,label,train,evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("skip:") >= 5 and (out / "results.csv").read_text() == before
+
+
+def test_driver_errors_are_one_line(tmp_path):
+    config = write_toy_configs(tmp_path)
+    proc = driver(config, "label")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "run the sample stage first" in proc.stderr
+    proc = driver(config, "sample,fly")
+    assert proc.returncode == 1 and "unknown stage(s) fly" in proc.stderr
+    proc = driver(config, "train", "--runs", "dpo-beta9")
+    assert proc.returncode == 1 and "unknown run(s) dpo-beta9" in proc.stderr

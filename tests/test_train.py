@@ -1,0 +1,190 @@
+"""train.py invariants on a tiny GPT (CPU, fp32): step-0 DPO loss = ln 2; k micro-batches = one batch k
+times larger; 2-process DDP and FSDP2 = 1 process; resume = uninterrupted (bit-exact); the checkpoint
+loads in transformers; bad configs and a non-finite loss stop the run with a clear message."""
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from dpo import losses, quickstart
+from dpo.config import load_config
+from dpo.model import GPT, GPTConfig
+from dpo.safetensors import load_file
+from dpo.tokenizer import Tokenizer, train_sentencepiece
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny random GPT-2-family checkpoint with a SentencePiece tokenizer trained on the quickstart task."""
+    root = tmp_path_factory.mktemp("base")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(ex["prompt"] + ex["completion"] for ex in quickstart.sft_examples(2000, 0)))
+    train_sentencepiece([corpus], root / "sp", 320)
+    tokenizer = Tokenizer.from_pretrained(root / "sp.model")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32, max_seq_len=64,
+                          eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id))
+    out = root / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def overrides(base_model: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [f"model.name={base_model}", f"train.out_dir={out_dir}", "data.format=quickstart_preference",
+            "data.max_length=48", "data.max_prompt_length=16", "data.eval_examples=16", "loss.name=sigmoid",
+            "loss.beta=0.1", "train.batch_size=8", "train.micro_batch_size=8", "train.max_examples=24",
+            "train.optimizer=sgd", "train.lr=0.5", "train.warmup_steps=0", "train.log_every=1",
+            "train.device=cpu", "wandb.mode=disabled", *extra]
+
+
+def run(base_model, out_dir, *extra) -> dict:
+    return train.train(load_config(None, overrides(base_model, out_dir, *extra)))
+
+
+def metrics_lines(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(out_dir: Path) -> dict:
+    return load_file(out_dir / "final" / "model.safetensors")
+
+
+def assert_weights_close(a: dict, b: dict, atol: float):
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"max weight difference {worst} > {atol}"
+
+
+def test_step0_dpo_loss_is_ln2_and_rewards_are_zero(base_model, tmp_path):
+    run(base_model, tmp_path / "run", "train.max_examples=8")
+    first = metrics_lines(tmp_path / "run")[0]
+    assert first["counters/examples"] == 8
+    assert abs(first["loss/train"] - math.log(2)) < 1e-6
+    assert first["rewards_train/chosen"] == 0 and first["rewards_train/margins"] == 0
+    assert first["rewards_train/accuracies"] == 0  # strict >: ties are not correct
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_micro_batches_equal_one_big_batch(base_model, tmp_path):
+    # SGD, whose update is linear in the gradient: RMSprop/Adam's first step is ~ lr * sign(g), which
+    # turns float rounding in a near-zero gradient into a full-size difference.
+    run(base_model, tmp_path / "big", "train.max_examples=8")
+    run(base_model, tmp_path / "small", "train.max_examples=8", "train.micro_batch_size=2")
+    assert_weights_close(final_weights(tmp_path / "big"), final_weights(tmp_path / "small"), 1e-6)
+    big, small = metrics_lines(tmp_path / "big")[0], metrics_lines(tmp_path / "small")[0]
+    assert abs(big["loss/train"] - small["loss/train"]) < 1e-6
+    # and the update did change the weights (a test of nothing would pass the line above too)
+    before = load_file(base_model / "model.safetensors")
+    after = final_weights(tmp_path / "big")
+    assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-4
+
+
+def test_resume_equals_uninterrupted_run(base_model, tmp_path):
+    full = tmp_path / "full"
+    # AdamW + warmup: the optimizer moments and the schedule position must be restored, not just weights
+    resumable = ("train.max_examples=32", "train.save_every=2", "train.optimizer=adamw", "train.lr=1e-3",
+                 "train.warmup_steps=3")
+    run(base_model, full, *resumable)
+    # An interrupted run: the same run killed after its step-2 checkpoint (later files never written).
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "final")
+    for step_dir in (cut / "checkpoints").glob("step-*"):
+        if step_dir.name != "step-000002":
+            shutil.rmtree(step_dir)
+    (cut / "checkpoints" / "latest").write_text("step-000002")
+    run(base_model, cut, *resumable, "train.resume=true")
+    a, b = final_weights(full), final_weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
+    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(metrics_lines(full)) == strip(metrics_lines(cut))
+
+
+def test_checkpoint_loads_in_transformers(base_model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run(base_model, tmp_path / "run", "train.max_examples=8")
+    final = tmp_path / "run" / "final"
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(final).eval()
+    ours = GPT.from_pretrained(final).eval()
+    ids = torch.tensor([Tokenizer.from_pretrained(final).encode("the acting was very moving and clever.")])
+    with torch.no_grad():
+        assert torch.allclose(ours(ids), theirs(ids).logits, atol=1e-4)
+    # the step checkpoint is a Hugging Face folder too, and carries its tokenizer
+    step = tmp_path / "run" / "checkpoints" / "step-000001"
+    assert (step / "config.json").is_file() and (step / "tokenizer.model").is_file()
+
+
+def test_sft_accumulation_and_eval(base_model, tmp_path):
+    final = run(base_model, tmp_path / "sft", "data.format=quickstart_sft", "loss.name=sft", "train.max_examples=16",
+                "train.micro_batch_size=4")
+    assert set(final) == {"loss/eval", "logps_eval/chosen", "lengths_eval/chosen"}
+    assert final["loss/eval"] == pytest.approx(-final["logps_eval/chosen"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(base_model, tmp_path, monkeypatch, capsys):
+    real = losses.preference_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] > 2 else out  # steps 1 and 2 fine, step 3 NaN
+
+    monkeypatch.setattr(losses, "preference_loss", poisoned)
+    out = tmp_path / "run"
+    code = train.main(["train.save_every=1", *overrides(base_model, out, "train.max_examples=32")])
+    assert code == 1
+    assert "non-finite loss (nan)" in capsys.readouterr().err
+    assert (out / "checkpoints" / "latest").read_text() == "step-000002"
+    assert not (out / "final").exists()
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_sise: 8\n")
+    proc = subprocess.run([sys.executable, "train.py", "--config", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}: unknown key 'train.batch_sise'; valid keys: " + proc.stderr.split("valid keys: ")[1].strip()]
+    assert "train.batch_size" in proc.stderr
+    proc = subprocess.run([sys.executable, "train.py", "train.lr=fast"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "key 'train.lr' expects float, got str 'fast'" in proc.stderr
+
+
+def torchrun(out_dir: Path, base_model: Path, *extra: str):
+    with socket.socket() as s:  # a free port (torchrun's --master_port=0 does not pick one for static rendezvous)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "train.py", *overrides(base_model, out_dir, *extra)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DPO_NO_PROGRESS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one(base_model, tmp_path, mode):
+    """Same global batch (8 pairs: 1 process x 2 micro-batches of 4 vs 2 ranks x 1 of 4), 3 steps."""
+    run(base_model, tmp_path / "one", "train.micro_batch_size=4")
+    # sampling on every rank mid-run (3 prompts: ranks get 2 and 1) must neither hang nor change training
+    torchrun(tmp_path / mode, base_model, "train.micro_batch_size=4", f"train.parallel={mode}",
+             "train.sample_every=2", "train.sample_prompts=3", "train.sample_max_new_tokens=8")
+    assert_weights_close(final_weights(tmp_path / "one"), final_weights(tmp_path / mode), 1e-5)
+    one, two = metrics_lines(tmp_path / "one"), metrics_lines(tmp_path / mode)
+    assert [r["counters/examples"] for r in one] == [r["counters/examples"] for r in two]
+    assert abs(one[-1]["loss/eval"] - two[-1]["loss/eval"]) < 1e-5
+    samples = [json.loads(line) for line in (tmp_path / mode / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all("policy" in r and "reference" in r for r in samples)
