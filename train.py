@@ -15,7 +15,7 @@ One DPO step, as the loop below runs it (SPEC §1):
 """
 import argparse
 import contextlib
-import copy
+import dataclasses
 import math
 import os
 import resource
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, losses, quickstart
+from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache
 from dpo.config import Config, ConfigError, load_config, save_config
 from dpo.logprobs import chunked_sequence_logps
 from dpo.model import GPT, GPTConfig
@@ -53,15 +53,15 @@ def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     return chunked_sequence_logps(hidden, weight, bias, batch["labels"])
 
 
-def preference_step(policy, reference, batch: dict, config: Config, reference_cache=None):
+def preference_step(policy, reference, batch: dict, config: Config, cached_reference=None):
     """One micro-batch of pairs → (per-pair losses [B], per-pair metrics {name: [B]})."""
     logps, lengths = policy_logps(policy, batch)
     policy_chosen_logps, policy_rejected_logps = logps.chunk(2)
     chosen_lengths, rejected_lengths = lengths.chunk(2)
-    if reference_cache is not None:
+    if cached_reference is not None:
         index = batch["indices"]
-        reference_chosen_logps = reference_cache.chosen_logps[index].to(logps.device)
-        reference_rejected_logps = reference_cache.rejected_logps[index].to(logps.device)
+        reference_chosen_logps = cached_reference.chosen_logps[index.cpu()].to(logps.device)
+        reference_rejected_logps = cached_reference.rejected_logps[index.cpu()].to(logps.device)
     elif reference is not None:
         with torch.no_grad():
             reference_chosen_logps, reference_rejected_logps = policy_logps(reference, batch)[0].chunk(2)
@@ -91,9 +91,9 @@ def sft_step(policy, batch: dict, config: Config):
                         "lengths_train/chosen": lengths.float()}
 
 
-def micro_batch_losses(policy, reference, batch, config, kind, reference_cache=None):
+def micro_batch_losses(policy, reference, batch, config, kind, cached_reference=None):
     if kind == "preference":
-        return preference_step(policy, reference, batch, config, reference_cache)
+        return preference_step(policy, reference, batch, config, cached_reference)
     return sft_step(policy, batch, config)
 
 
@@ -211,7 +211,7 @@ def collate(examples: list[dict], kind: str, pad_id: int, config: Config, device
 
 
 @torch.no_grad()
-def evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, reference_cache=None) -> dict:
+def evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, cached_reference=None) -> dict:
     """Metrics averaged over every evaluation example (all ranks), with the reference code's names."""
     policy.eval()
     sums, count = {}, torch.zeros((), device=ctx.device)
@@ -219,7 +219,7 @@ def evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, refere
                                                         ctx.world_size, ctx.rank):
         batch = collate([eval_examples[i] for i in indices], kind, pad_id, config, ctx.device)
         with autocast(config, ctx):
-            _, metrics = micro_batch_losses(policy, reference, batch, config, kind, reference_cache)
+            _, metrics = micro_batch_losses(policy, reference, batch, config, kind, cached_reference)
         weight = torch.tensor(is_real, dtype=torch.float32, device=ctx.device)
         for name, values in metrics.items():
             name = name.replace("_train/", "_eval/").replace("/train", "/eval")
@@ -274,6 +274,43 @@ def sample(policy, reference, prompts: list[list[int]], tokenizer, config, ctx, 
                 for row, score in zip(rows, scores):
                     row[f"reward_{name}"] = score
     return rows
+
+
+@torch.no_grad()
+def cached_reference_logps(reference_path: Path, examples: list[dict], pad_id: int, config: Config,
+                           ctx: distributed.Dist, mode: str) -> reference_cache.ReferenceLogps:
+    """log π_ref of every pair's chosen and rejected, from the disk cache or computed once here: the ranks
+    share the examples, sum their parts, rank 0 writes the file. The key covers the token ids, the
+    tokenization settings and the reference checkpoint's files (dpo/reference_cache.py)."""
+    weights = sorted(p for p in reference_path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    identity = [str(reference_path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    key = reference_cache.reference_cache_key(
+        [(ex["chosen_input_ids"], ex["chosen_labels"], ex["rejected_input_ids"], ex["rejected_labels"]) for ex in examples],
+        dataclasses.asdict(config.data), repr(identity))
+    path = reference_cache.cache_path(key)
+    cached = reference_cache.load_reference_logps(key, path)
+    if cached is not None:
+        return cached
+    reference = distributed.wrap(load_model(reference_path, config, ctx, trainable=False), mode, ctx,
+                                 mixed_precision=config.train.mixed_precision, trainable=False)
+    n = len(examples)
+    table = torch.zeros(4, n, dtype=torch.float64, device=ctx.device)  # chosen, rejected logps; their lengths
+    for indices, is_real in batching.eval_micro_batches(n, config.train.micro_batch_size, ctx.world_size, ctx.rank):
+        batch = collate([examples[i] for i in indices], "preference", pad_id, config, ctx.device)
+        with autocast(config, ctx):
+            logps, lengths = policy_logps(reference, batch)
+        real = torch.tensor(is_real, device=ctx.device)
+        index = batch["indices"][real]
+        table[:, index] = torch.stack([*logps.chunk(2), *lengths.chunk(2)]).double()[:, real]
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(table)  # every example was computed by exactly one rank
+    table = table.cpu()
+    result = reference_cache.ReferenceLogps(table[0].float(), table[1].float(), table[2].long(), table[3].long())
+    if ctx.is_main:
+        reference_cache.save_reference_logps(result, key, path)
+        print(f"reference log-probs of {n} pairs cached in {path}", flush=True)
+    distributed.barrier()
+    return result
 
 
 def autocast(config: Config, ctx: distributed.Dist):
@@ -332,9 +369,15 @@ def train(config: Config) -> dict:
             if resume_from is None:
                 checkpoint.save_hf(policy, reference_path, ctx, tokenizer)
                 distributed.barrier()
-        reference = load_model(resolve_model_dir(str(reference_path)), config, ctx, trainable=False)
+        reference_path = resolve_model_dir(str(reference_path))
 
     mode = parallel_mode(config, ctx)
+    train_reference_logps = eval_reference_logps = None
+    if needs_reference and t.reference_cache:  # log π_ref once for every pair; only the policy stays in memory
+        train_reference_logps = cached_reference_logps(reference_path, train_examples, pad_id, config, ctx, mode)
+        eval_reference_logps = cached_reference_logps(reference_path, eval_examples, pad_id, config, ctx, mode)
+    elif needs_reference:
+        reference = load_model(reference_path, config, ctx, trainable=False)
     if t.compile:
         for block in policy.blocks:
             block.compile()
@@ -353,7 +396,7 @@ def train(config: Config) -> dict:
         examples_seen, step = state["examples"], state["step"]
         if ctx.is_main:
             print(f"resumed from {resume_from} at step {step} ({examples_seen} examples)", flush=True)
-    log = RunLog(out_dir, config_dict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
+    log = RunLog(out_dir, dataclasses.asdict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
     if resume_from is not None:
         log.truncate_after(examples_seen)
 
@@ -381,7 +424,8 @@ def train(config: Config) -> dict:
         for i, indices in enumerate(micro_batches):
             batch = collate([train_examples[j] for j in indices], kind, pad_id, config, ctx.device)
             with distributed.gradient_sync(policy, enabled=i == len(micro_batches) - 1), autocast(config, ctx):
-                example_losses, metrics = micro_batch_losses(policy, reference, batch, config, kind)
+                example_losses, metrics = micro_batch_losses(policy, reference, batch, config, kind,
+                                                             train_reference_logps)
                 # sum / per-rank batch: k micro-batches add up to the mean over the rank's share, and
                 # DDP / FSDP average the ranks' gradients: the mean over the global batch.
                 (example_losses.sum() / per_rank_batch).backward()
@@ -416,7 +460,8 @@ def train(config: Config) -> dict:
             if progress is not None:
                 progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
         if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:
-            log.log(evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx), examples_seen)
+            log.log(evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, eval_reference_logps),
+                    examples_seen)
         if t.sample_every and step % t.sample_every == 0:
             write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir)
         if t.save_every and step % t.save_every == 0 and step < schedule.n_steps:
@@ -426,7 +471,7 @@ def train(config: Config) -> dict:
     if progress is not None:
         progress.close()
 
-    final_metrics = evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx)
+    final_metrics = evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, eval_reference_logps)
     log.log(final_metrics, examples_seen)
     checkpoint_now()
     final_dir = out_dir / "final"
@@ -473,11 +518,6 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
         norm = norm.full_tensor()
     return float(norm)
-
-
-def config_dict(config: Config) -> dict:
-    import dataclasses
-    return dataclasses.asdict(config)
 
 
 def main(argv=None) -> int:

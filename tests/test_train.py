@@ -188,3 +188,15 @@ def test_two_processes_equal_one(base_model, tmp_path, mode):
     assert abs(one[-1]["loss/eval"] - two[-1]["loss/eval"]) < 1e-5
     samples = [json.loads(line) for line in (tmp_path / mode / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and all("policy" in r and "reference" in r for r in samples)
+
+
+def test_reference_cache_gives_the_same_run(base_model, tmp_path, capsys):
+    run(base_model, tmp_path / "live", "train.max_examples=16")
+    run(base_model, tmp_path / "cached", "train.max_examples=16", "train.reference_cache=true")
+    assert "reference log-probs of" in capsys.readouterr().out  # computed and written once
+    assert_weights_close(final_weights(tmp_path / "live"), final_weights(tmp_path / "cached"), 1e-6)
+    run(base_model, tmp_path / "again", "train.max_examples=16", "train.reference_cache=true")
+    assert "reference log-probs of" not in capsys.readouterr().out  # the second run reads the cache
+    assert_weights_close(final_weights(tmp_path / "live"), final_weights(tmp_path / "again"), 1e-6)
+    live, cached = metrics_lines(tmp_path / "live")[-1], metrics_lines(tmp_path / "cached")[-1]
+    assert abs(live["rewards_eval/margins"] - cached["rewards_eval/margins"]) < 1e-5
