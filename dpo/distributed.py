@@ -50,8 +50,9 @@ def all_reduce_mean(values: dict[str, torch.Tensor], weights: torch.Tensor | Non
     """Average scalars over ranks. `values[k]` are sums over this rank's examples and `weights` their count,
     so ranks holding different numbers of examples still give the exact mean over all examples."""
     keys = sorted(values)
-    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]
-                          + [weights.float().reshape(()) if weights is not None else torch.ones(())])
+    device = values[keys[0]].device
+    total = weights.float().reshape(()).to(device) if weights is not None else torch.ones((), device=device)
+    stacked = torch.stack([values[k].detach().float().reshape(()).to(device) for k in keys] + [total])
     if dist.is_initialized():
         stacked = stacked.to(_comm_device())
         dist.all_reduce(stacked)
@@ -94,9 +95,13 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if mixed_precision == "bf16" else MixedPrecisionPolicy()
         offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+        # an explicit mesh on our device type: left alone, FSDP2 picks CUDA whenever it is available,
+        # even for a gloo run on CPU
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         for block in model.blocks:
-            fully_shard(block, mp_policy=mp, offload_policy=offload)
-        fully_shard(model, mp_policy=mp, offload_policy=offload)
+            fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
+        fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
         return model
     if mode != "none":
         raise ValueError(f"train.parallel: expected none | ddp | fsdp, got {mode!r}")

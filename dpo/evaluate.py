@@ -17,7 +17,7 @@ reward rows: file, model, step (from "step-N" in the model path, else null), tem
 best_of, n_samples, n_prompts, reward_mean, reward_sem, and with --reference-model: kl_exact_mean,
 kl_exact_sem, kl_sampled_mean, kl_sampled_sem (dpo/kl.py; the policy is each group's "model", or
 --policy-model), kl_valid (T = 1 without top-k/top-p: only then are they the sequence KL of π_θ),
-mean_completion_tokens, eos_fraction.
+mean_completion_tokens, eos_fraction. (kl_valid is false for Best-of-N rows too: they are not draws from π_θ.)
 
 winrate rows: file, model, temperature, ..., judge, task, against, n (judged), wins, losses, ties,
 unparseable, errors, missing_baseline, win_rate = (wins + ties/2) / (wins + losses + ties), its 95% Wilson
@@ -210,7 +210,8 @@ def reward_table(sample_files: list, scorer, *, reference_model=None, policy_mod
                 del policy
                 row["kl_exact_mean"], row["kl_exact_sem"] = mean_sem(kl["kl_exact"].tolist())
                 row["kl_sampled_mean"], row["kl_sampled_sem"] = mean_sem(kl["kl_sampled"].tolist())
-                row["kl_valid"] = key["temperature"] == 1 and key["top_k"] is None and key["top_p"] in (None, 1, 1.0)
+                row["kl_valid"] = (key["temperature"] == 1 and key["top_k"] is None and key["top_p"] in (None, 1, 1.0)
+                                   and not key["best_of"])
                 row["retokenized"] = kl["retokenized"]
             lengths = [len(r["completion_token_ids"]) for r in rows if "completion_token_ids" in r]
             row["mean_completion_tokens"] = sum(lengths) / len(lengths) if lengths else None

@@ -1,8 +1,9 @@
 """A GPT backbone with a linear head read at each sequence's last token: a sentiment classifier or a
 Bradley–Terry reward model, saved in the Hugging Face *ForSequenceClassification layout.
 
-    classifier      n_outputs = 2, logits [B, 2]; reward = p(positive) = softmax(logits)[:, 1]  (the paper's
-                    IMDB reward, from a classifier trained on IMDB labels)
+    classifier      n_outputs = 2, logits [B, 2]; reward = p(positive) = softmax(logits)[:, i], i the output
+                    whose id2label name is POSITIVE (1 in the models we train: {0: NEGATIVE, 1: POSITIVE}),
+                    the paper's IMDB reward when trained on IMDB labels
     bradley_terry   n_outputs = 1, a scalar r(x, y) [B]; trained on preference pairs so that
                     p(y_w ≻ y_l | x) = σ(r(x, y_w) − r(x, y_l))  (Best-of-N, and an offline judge)
 
@@ -66,6 +67,13 @@ class RewardModel(nn.Module):
                                device=backbone.wte.weight.device, dtype=backbone.wte.weight.dtype)
         nn.init.zeros_(self.score.weight)
         self.pad_id = pad_id
+        self.labels = dict(LABELS[CLASSIFIER if n_outputs == 2 else BRADLEY_TERRY])  # index -> name
+
+    @property
+    def positive_index(self) -> int:
+        """The output that means "positive": the label named POSITIVE (any case), else index 1."""
+        named = [i for i, name in self.labels.items() if name.lower() == "positive"]
+        return named[0] if len(named) == 1 else 1
 
     @property
     def kind(self) -> str:
@@ -96,9 +104,9 @@ class RewardModel(nn.Module):
         return self.score(h).float()
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B] reward: p(positive) for a classifier, the scalar for a Bradley–Terry model."""
+        """[B] reward: p(positive) for a classifier (positive_index), the scalar for a Bradley–Terry model."""
         scores = self(input_ids, attention_mask)
-        return scores.softmax(-1)[:, 1] if self.kind == CLASSIFIER else scores[:, 0]
+        return scores.softmax(-1)[:, self.positive_index] if self.kind == CLASSIFIER else scores[:, 0]
 
     def save_pretrained(self, directory, tokenizer=None, dtype: torch.dtype | None = None) -> None:
         save_reward_model(self, directory, tokenizer, dtype)
@@ -209,7 +217,7 @@ def save_reward_model(model: RewardModel, directory, tokenizer=None, dtype: torc
     safetensors.save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, directory / "model.safetensors",
                           metadata={"format": "pt"})
     hf = hf_checkpoint.config_to_hf(cfg, dtype or state["score.weight"].dtype)
-    labels = LABELS[model.kind]
+    labels = model.labels
     pad_id = model.pad_id
     if pad_id is None and tokenizer is not None:
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -237,7 +245,8 @@ def load_reward_model(directory, dtype: torch.dtype | None = None, device="cpu")
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RewardModelError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    n_outputs = hf.get("num_labels") or len(hf.get("id2label") or {}) or None
+    # transformers omits num_labels and id2label when they are its default (2 labels)
+    n_outputs = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
     if n_outputs not in (1, 2):
         raise RewardModelError(f"{path}: num_labels must be 1 (reward model) or 2 (classifier), got {n_outputs}")
     cfg = hf_checkpoint.config_from_hf(hf, source=str(path))
@@ -247,6 +256,8 @@ def load_reward_model(directory, dtype: torch.dtype | None = None, device="cpu")
     full = {(n if n.startswith((prefix, "score.")) else prefix + n): n for n in ckpt.files}
     with torch.device("meta"):
         model = RewardModel(GPT(cfg), n_outputs, pad_id=hf.get("pad_token_id"))
+    if hf.get("id2label"):
+        model.labels = {int(k): str(v) for k, v in hf["id2label"].items()}
     loaded, used = {}, set()
     for ours, hf_names, to_ours, _ in hf_checkpoint.layout(cfg, mt):
         if ours.startswith("lm_head."):

@@ -144,9 +144,11 @@ def train_command(config_path, overrides=(), launcher: str = "") -> list[str]:
     return [*head, str(TRAIN_PY), "--config", str(config_path), *[str(o) for o in overrides]]
 
 
-def run_train(config_path, overrides=(), *, run_dir, launcher: str = "", env: dict | None = None) -> bool:
+def run_train(config_path, overrides=(), *, run_dir, launcher: str = "", env: dict | None = None,
+              while_running=None, poll_seconds: float = 30.0) -> bool:
     """Run train.py unless `run_dir` already holds a finished run; resume from its latest checkpoint if a
-    previous attempt was cut off. `overrides` must set train.out_dir=run_dir. Returns True if it ran."""
+    previous attempt was cut off. `overrides` must set train.out_dir=run_dir. Returns True if it ran.
+    while_running: called every poll_seconds while train.py runs (e.g. to evaluate new checkpoints)."""
     run_dir = Path(run_dir)
     if train_done(run_dir):
         print(f"skip: {run_dir} is complete ({run_dir / 'final'})", flush=True)
@@ -156,9 +158,21 @@ def run_train(config_path, overrides=(), *, run_dir, launcher: str = "", env: di
         overrides.append("train.resume=true")
     argv = train_command(config_path, overrides, launcher)
     print("$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
-    result = subprocess.run(argv, env={**os.environ, **(env or {})})
-    if result.returncode != 0:
-        raise ExperimentError(f"train.py exited with status {result.returncode} for {run_dir} "
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})})
+    try:
+        while proc.poll() is None:
+            if while_running is not None:
+                while_running()
+            try:
+                proc.wait(timeout=poll_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+    except BaseException:
+        proc.terminate()  # do not leave a training run behind when the driver stops
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise ExperimentError(f"train.py exited with status {proc.returncode} for {run_dir} "
                               f"(command above; rerun the stage to resume from its last checkpoint)")
     if not train_done(run_dir):
         raise ExperimentError(f"train.py finished but {run_dir / 'final'} is missing")

@@ -46,7 +46,7 @@ from dpo import data
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
     ExperimentError, append_jsonl, expand_sweep, list_checkpoints, load_experiment, read_jsonl, run_train,
-    save_experiment, write_csv, write_jsonl, write_text,
+    save_experiment, train_done, write_csv, write_jsonl, write_text,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +65,7 @@ class ImdbExperiment:
     seed: int = 0                       # prefix choice and lengths, samples
     device: str = "auto"                # label and evaluate stages: auto | cpu | cuda
     launcher: str = ""                  # prefix of train.py / sample.py runs ("" = this Python), e.g. torchrun ...
+    threads: int = 0                    # CPU threads per process (OMP_NUM_THREADS); 0 = torch's default
     window_words: int = 0               # > 0: SFT and classifier train on review windows of this many words
     sft_config: str = "configs/imdb/sft.yaml"
     reward: str = "hf:siebert/sentiment-roberta-large-english"  # "classifier" (ours) or a dpo.rewards spec
@@ -83,6 +84,8 @@ class ImdbExperiment:
     methods: dict = field(default_factory=dict)  # {method: {overrides: [k=v], param: key, values: [...]}}
     eval_prefixes: int = 1000           # test reviews whose prefixes evaluate each checkpoint
     eval_batch_size: int = 64
+    evaluate_during_training: bool = False  # evaluate each run's checkpoints while it trains (then the next run)
+    prune_checkpoints: bool = False     # delete a checkpoint once evaluated (never a run's latest: resume needs it)
     figure: str = "notebooks/figures/imdb_frontier.png"
 
 
@@ -303,14 +306,20 @@ def sweep(x: ImdbExperiment, only: list[str] | None = None) -> list[dict]:
 
 
 def stage_train(x: ImdbExperiment, only=None) -> None:
+    """One train.py run per entry of the sweep. With evaluate_during_training, each run's checkpoints are
+    evaluated (and pruned) while it trains, so the disk holds only a few of them at a time."""
     p = paths(x)
     sft = require(p["sft"] / "final", "sft")
     require(p["pairs_summary"], "label")
+    evaluate = make_evaluator(x) if x.evaluate_during_training else None
     for run in sweep(x, only):
         run_dir = p["runs"] / run["name"]
         overrides = [f"model.name={sft}", f"data.path={p['pairs_train']}", f"data.eval_path={p['pairs_eval']}",
                      f"train.out_dir={run_dir}", f"wandb.name=imdb-{run['name']}", *run["overrides"]]
-        run_train(x.train_config, overrides, run_dir=run_dir, launcher=x.launcher)
+        poll = (lambda name=run["name"]: evaluate(checkpoints_to_evaluate(x, [name], sft=False))) if evaluate else None
+        run_train(x.train_config, overrides, run_dir=run_dir, launcher=x.launcher, while_running=poll)
+        if poll:
+            poll()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,11 +385,11 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     return metrics, rows
 
 
-def checkpoints_to_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
+def checkpoints_to_evaluate(x: ImdbExperiment, only=None, sft: bool = True) -> list[dict]:
     """The SFT model (step 0 of every run) and every complete checkpoint of every run of the sweep."""
     p = paths(x)
     items = [{"run": "sft", "method": "sft", "param": "", "value": None, "step": 0, "examples": 0,
-              "checkpoint": str(p["sft"] / "final")}]
+              "checkpoint": str(p["sft"] / "final")}] if sft else []
     for run in sweep(x, only):
         for step, folder in list_checkpoints(p["runs"] / run["name"]):
             examples = json.loads((folder / "trainer_state.json").read_text()).get("examples")
@@ -389,35 +398,66 @@ def checkpoints_to_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
     return items
 
 
-def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
+def prune(item: dict) -> None:
+    """Delete an evaluated checkpoint, unless a cut-off run still needs it to resume (its latest)."""
+    folder = Path(item["checkpoint"])
+    run_dir = folder.parent.parent
+    latest = (run_dir / "checkpoints" / "latest")
+    if latest.is_file() and latest.read_text().strip() == folder.name and not train_done(run_dir):
+        return
+    shutil.rmtree(folder)
+    print(f"pruned {folder}", flush=True)
+
+
+def make_evaluator(x: ImdbExperiment):
+    """evaluate(items) -> results rows of items not evaluated before (each appended to results.jsonl as
+    soon as it is done). The reference (SFT) model, tokenizer, reward and test prompts load on first use."""
     from dpo import rewards
     from dpo.model import GPT
     from dpo.tokenizer import Tokenizer
     p = paths(x)
-    device = pick_device(x.device)
-    sft = require(p["sft"] / "final", "sft")
-    test = read_jsonl(require(p["test_prompts"], "sample"))
-    prompts = [r["prompt"] for r in test]
-    done = {(r["run"], r["step"]) for r in read_jsonl(p["results"], resumable=True)}
-    todo = [c for c in checkpoints_to_evaluate(x, only) if (c["run"], c["step"]) not in done]
-    if todo:
-        tokenizer = Tokenizer.from_pretrained(sft)
-        reference = GPT.from_pretrained(sft, device=device).eval()
-        scorer = rewards.load_scorer(reward_spec(x), device=device)
+    state = {}
+
+    def evaluate(items: list[dict]) -> list[dict]:
+        done = {(r["run"], r["step"]) for r in read_jsonl(p["results"], resumable=True)}
+        todo = [item for item in items if (item["run"], item["step"]) not in done]
+        if todo and not state:
+            sft = require(p["sft"] / "final", "sft")
+            state["device"] = device = pick_device(x.device)
+            state["prompts"] = [r["prompt"] for r in read_jsonl(require(p["test_prompts"], "sample"))]
+            state["tokenizer"] = Tokenizer.from_pretrained(sft)
+            state["reference"] = GPT.from_pretrained(sft, device=device).eval()
+            state["scorer"] = rewards.load_scorer(reward_spec(x), device=device)
+        rows = []
         for item in todo:
             start = time.perf_counter()
-            policy = reference if item["run"] == "sft" else GPT.from_pretrained(item["checkpoint"], device=device).eval()
-            metrics, rows = evaluate_policy(policy, reference, tokenizer, prompts, scorer,
-                                            max_new_tokens=x.max_new_tokens, temperature=x.temperature,
-                                            batch_size=x.eval_batch_size, seed=x.seed, device=device,
-                                            model_name=item["checkpoint"])
+            policy = state["reference"] if item["run"] == "sft" else \
+                GPT.from_pretrained(item["checkpoint"], device=state["device"]).eval()
+            metrics, samples = evaluate_policy(
+                policy, state["reference"], state["tokenizer"], state["prompts"], state["scorer"],
+                max_new_tokens=x.max_new_tokens, temperature=x.temperature, batch_size=x.eval_batch_size,
+                seed=x.seed, device=state["device"], model_name=item["checkpoint"])
             row = {**item, **metrics, "seconds": round(time.perf_counter() - start, 2)}
-            write_jsonl(p["eval_samples"] / item["run"] / f"step-{item['step']:06d}.jsonl", rows)
+            write_jsonl(p["eval_samples"] / item["run"] / f"step-{item['step']:06d}.jsonl", samples)
             append_jsonl(p["results"], [row])
+            rows.append(row)
             print(f"evaluate {item['run']} step {item['step']}: reward {row['reward_mean']:.3f} ± "
                   f"{row['reward_sem']:.3f}  KL {row['kl_exact_mean']:.2f} ± {row['kl_exact_sem']:.2f}  "
                   f"({row['seconds']:.1f}s)", flush=True)
-    results = sorted(read_jsonl(p["results"]), key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
+        if x.prune_checkpoints:
+            for item in items:
+                if item["run"] != "sft" and Path(item["checkpoint"]).is_dir():
+                    prune(item)
+        return rows
+    return evaluate
+
+
+def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
+    p = paths(x)
+    make_evaluator(x)(checkpoints_to_evaluate(x, only))
+    results = sorted(read_jsonl(p["results"], resumable=True), key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
+    if not results:
+        raise ExperimentError(f"{p['results']}: nothing evaluated")
     write_csv(p["results_csv"], results, RESULT_COLUMNS)
     print(f"results: {p['results_csv']} ({len(results)} rows)\n" + format_table(final_rows(results)))
     return results
@@ -474,6 +514,9 @@ def stage_plot(x: ImdbExperiment) -> None:
 
 def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
     save_experiment(x, Path(x.out_dir) / "experiment.yaml")
+    if x.threads > 0:  # this process and every train.py / sample.py it starts
+        os.environ["OMP_NUM_THREADS"] = str(x.threads)
+        torch.set_num_threads(x.threads)
     actions = {"prepare": stage_prepare, "sft": stage_sft, "classifier": stage_classifier, "sample": stage_sample,
                "label": stage_label, "train": lambda x: stage_train(x, only),
                "evaluate": lambda x: stage_evaluate(x, only), "plot": stage_plot}

@@ -1,0 +1,116 @@
+"""DPO training-step throughput: tokens/s, peak memory and (on GPUs) MFU, for a model shape.
+
+    python benchmarks/bench_train.py --shape gpt2 --batch 8 --seq-len 512 --steps 5          # CPU
+    python benchmarks/bench_train.py --shape gpt2-large --batch 64 --micro 8 --seq-len 512 --bf16  # GPU
+
+One step = the loop of train.py on a global batch of `batch` pairs: policy forward+backward on chosen and
+rejected (2·batch sequences of seq-len tokens, the response being the last 3/4), a reference forward
+without gradients, the DPO loss, clip, optimizer step. Random weights and random tokens: throughput does
+not depend on their values. The first step (warm-up, allocations) is excluded from the timings.
+
+MFU = model FLOPs per second / peak bf16 FLOPs of the GPU, where model FLOPs per token are
+6N + 12·L·H·D·T for the policy (forward + backward) and 2N + 4·L·H·D·T for the reference (forward), as in
+nanoGPT / PaLM (N: non-embedding parameters). tokens/s counts every token processed (no padding here).
+"""
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train  # noqa: E402
+from dpo.config import Config  # noqa: E402
+from dpo.model import GPT, GPTConfig  # noqa: E402
+
+SHAPES = {  # GPT-2 family shapes (vocab 50257, learned positions)
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+def random_batch(pairs: int, seq_len: int, vocab: int, device) -> dict:
+    ids = torch.randint(0, vocab, (2 * pairs, seq_len), device=device)
+    labels = ids.clone()
+    labels[:, : seq_len // 4] = -100  # the prompt
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "indices": torch.arange(pairs, device=device)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="gpt2", choices=list(SHAPES))
+    p.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
+    p.add_argument("--micro", type=int, default=0, help="pairs per forward (0 = batch)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    micro = args.micro or args.batch
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50257, max_seq_len=max(1024, args.seq_len), **SHAPES[args.shape])
+    policy = GPT(cfg).to(device)
+    reference = GPT(cfg).to(device).eval().requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    policy.activation_checkpointing = args.activation_checkpointing
+    if args.compile:
+        for block in policy.blocks:
+            block.compile()
+    config = Config()
+    config.train.mixed_precision = "bf16" if args.bf16 else "none"
+    config.train.device = device.type
+    ctx = train.distributed.Dist(0, 1, 0, device)
+    optimizer = torch.optim.RMSprop(policy.parameters(), lr=1e-6)
+    batches = [random_batch(micro, args.seq_len, cfg.vocab_size, device) for _ in range(args.batch // micro)]
+
+    def step():
+        for batch in batches:
+            with train.autocast(config, ctx):
+                losses, _ = train.preference_step(policy, reference, batch, config)
+                (losses.sum() / args.batch).backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / args.steps
+    tokens = 2 * args.batch * args.seq_len
+    flops = tokens * (policy.flops_per_token(args.seq_len) + reference.flops_per_token(args.seq_len, backward=False))
+    if device.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30
+        name = torch.cuda.get_device_name()
+        peak_flops = next((v for k, v in train.PEAK_FLOPS.items() if k in name), None)
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        name, peak_flops = "cpu", None
+    print(f"{args.shape} ({policy.num_params() / 1e6:.0f}M non-embedding params) on {name}, "
+          f"{'bf16' if args.bf16 else 'fp32'}, {args.batch} pairs x {args.seq_len} tokens "
+          f"(micro-batch {micro}{', act. ckpt' if args.activation_checkpointing else ''}"
+          f"{', compiled' if args.compile else ''})")
+    print(f"  step {seconds * 1000:.0f} ms | {tokens / seconds:,.0f} tokens/s | "
+          f"peak memory {peak_gb:.2f} GiB{' (process RSS)' if device.type == 'cpu' else ''}"
+          + (f" | MFU {flops / seconds / peak_flops:.1%}" if peak_flops else ""))
+
+
+if __name__ == "__main__":
+    main()
