@@ -480,16 +480,33 @@ def train(config: Config) -> dict:
         shutil.rmtree(final_dir)
     distributed.barrier()
     checkpoint.save_hf(policy, final_dir, ctx, tokenizer)
-    if ctx.is_main:
-        print(f"final model: {final_dir}\n" + "\n".join(f"  {k}: {v:.4f}" for k, v in sorted(final_metrics.items())))
+    rewards = {}
     if t.sample_reward and sample_prompts:
-        write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir,
-                      final=True)
+        rewards = write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log,
+                                out_dir)
+    if ctx.is_main:
+        print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
     log.finish()
     return final_metrics
 
 
-def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir, final=False):
+def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, final_dir: Path) -> str:
+    """The end of a run in words: where the model is, and the numbers a newcomer should look at."""
+    lines = [f"final model: {final_dir}", f"evaluation on {n_eval} held-out examples:"]
+    lines += [f"  {k}: {v:.4f}" for k, v in sorted(final_metrics.items())]
+    if "rewards_eval/accuracies" in final_metrics:
+        lines.append(f"held-out preference accuracy of the implicit reward: "
+                     f"{final_metrics['rewards_eval/accuracies']:.1%} (chance: 50%)")
+    if "samples/reward_policy" in rewards:
+        before = rewards.get("samples/reward_reference")
+        lines.append(f"ground-truth reward of samples on {n_prompts} held-out prompts: "
+                     + (f"reference {before:.3f} -> " if before is not None else "")
+                     + f"policy {rewards['samples/reward_policy']:.3f}")
+    return "\n".join(lines)
+
+
+def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir) -> dict:
+    """Sample on every rank, gather, append to samples.jsonl and wandb; return the mean sample rewards."""
     rows = sample(policy, reference, prompts, tokenizer, config, ctx, step) if prompts else []
     import torch.distributed as dist
     if dist.is_initialized():
@@ -497,7 +514,7 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
         dist.all_gather_object(gathered, rows)
         rows = [r for part in gathered for r in part]
     if not ctx.is_main or not rows:
-        return
+        return {}
     import json
     with open(out_dir / "samples.jsonl", "a") as f:
         for row in rows:
@@ -507,8 +524,7 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
     rewards = {f"samples/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("reward_")}
     if rewards:
         log.log(rewards, examples_seen)
-        if final:
-            print("ground-truth reward of samples: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rewards.items()))
+    return rewards
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
