@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache
+from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, load_config, save_config
 from dpo.logprobs import chunked_sequence_logps
 from dpo.model import GPT, GPTConfig
@@ -34,6 +34,7 @@ from dpo.run_log import RunLog
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
+REWARD_MODEL_LOSSES = ("classifier", "reward_model")  # a GPT + linear head (dpo/reward_model.py), not a policy
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # bf16 dense
 
 
@@ -91,9 +92,26 @@ def sft_step(policy, batch: dict, config: Config):
                         "lengths_train/chosen": lengths.float()}
 
 
+def reward_model_step(model, batch: dict, config: Config):
+    """A sequence classifier (loss.name classifier: cross-entropy on labels) or a Bradley–Terry reward model
+    (loss.name reward_model: −log σ(r_w − r_l) on pairs), both a GPT with a linear head (dpo/reward_model.py)."""
+    scores = model(batch["input_ids"], batch["attention_mask"])
+    if config.loss.name == "classifier":
+        example_losses = reward_model.classification_loss(scores, batch["labels"])
+        metrics = {f"{k}/train": v for k, v in reward_model.classification_metrics(scores, batch["labels"]).items()}
+    else:
+        chosen_scores, rejected_scores = scores[:, 0].chunk(2)
+        example_losses = reward_model.bradley_terry_loss(chosen_scores, rejected_scores)
+        metrics = {k.replace("rewards/", "rewards_train/"): v
+                   for k, v in reward_model.bradley_terry_metrics(chosen_scores, rejected_scores).items()}
+    return example_losses, {"loss/train": example_losses.detach(), **metrics}
+
+
 def micro_batch_losses(policy, reference, batch, config, kind, cached_reference=None):
     if kind == "preference":
         return preference_step(policy, reference, batch, config, cached_reference)
+    if kind in ("classification", "reward_pairs"):
+        return reward_model_step(policy, batch, config)
     return sft_step(policy, batch, config)
 
 
@@ -136,6 +154,20 @@ def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Toke
 def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
     """Tokenized train and eval examples (lists of dicts) and their kind (preference | sft)."""
     d = config.data
+    if config.loss.name in REWARD_MODEL_LOSSES:  # raw examples: the collate functions tokenize them
+        expected = "classification" if config.loss.name == "classifier" else "preference"
+        kind, train_examples, counts = data.load_examples(d.format, d.path, d.split)
+        _, eval_examples, eval_counts = data.load_examples(d.format, d.eval_path or d.path, d.eval_split)
+        if kind != expected:
+            raise ConfigError(f"loss.name={config.loss.name} needs {expected} data; format {d.format!r} gives {kind}")
+        if 0 < d.eval_examples < len(eval_examples):
+            keep = torch.randperm(len(eval_examples), generator=torch.Generator().manual_seed(config.train.seed))
+            eval_examples = [eval_examples[i] for i in sorted(keep[:d.eval_examples].tolist())]
+        if ctx.is_main:
+            print(data.format_summary(f"{d.format} {d.path} [{d.split}]", counts) + "\n"
+                  + data.format_summary(f"{d.format} {d.eval_path or d.path} [{d.eval_split}]", eval_counts)
+                  + f" ({len(eval_examples)} used)", flush=True)
+        return ("classification" if kind == "classification" else "reward_pairs"), train_examples, eval_examples
     args = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
                 prompt_truncation_side=d.prompt_truncation_side or None)
     kind, train_examples, train_summary = batching.load_tokenized(d.format, d.path, d.split, tokenizer, **args)
@@ -163,6 +195,24 @@ def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool) -> 
             module.p = config.model.dropout
     model.requires_grad_(trainable)
     return model.train(trainable)
+
+
+def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, kind: str, resume_from) -> nn.Module:
+    """The model being trained: from the latest checkpoint on resume, else from model.name, else new. Reward
+    models (kind classification / reward_pairs) put a zero-initialised linear head on that GPT."""
+    dtype = getattr(torch, config.model.dtype)
+    if kind in ("classification", "reward_pairs") and resume_from is not None:
+        return reward_model.load_reward_model(resume_from, dtype, ctx.device).requires_grad_(True).train()
+    if resume_from is not None:
+        return load_model(resume_from, config, ctx, trainable=True)
+    if config.model.name:
+        gpt = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
+    else:
+        gpt = new_model(config, tokenizer).to(ctx.device, dtype)
+    if kind in ("classification", "reward_pairs"):
+        n_outputs = 2 if kind == "classification" else 1
+        return reward_model.RewardModel(gpt, n_outputs, pad_id=batching.pad_id_for(tokenizer)).train()
+    return gpt
 
 
 def parallel_mode(config: Config, ctx: distributed.Dist) -> str:
@@ -204,20 +254,25 @@ def lr_factor(step: int, config: Config, total_steps: int) -> float:
 # ---------------------------------------------------------------------------------------------------
 # Evaluation and sampling.
 
-def collate(examples: list[dict], kind: str, pad_id: int, config: Config, device) -> dict:
-    fn = batching.collate_preference if kind == "preference" else batching.collate_sft
-    batch = fn(examples, pad_id, config.data.pad_to_multiple_of or None)
+def collate(examples: list[dict], kind: str, tokenizer: Tokenizer, config: Config, device) -> dict:
+    if kind == "classification":
+        batch = reward_model.collate_classification(examples, tokenizer, config.data.max_length)
+    elif kind == "reward_pairs":
+        batch = reward_model.collate_reward_pairs(examples, tokenizer, config.data.max_length)
+    else:
+        fn = batching.collate_preference if kind == "preference" else batching.collate_sft
+        batch = fn(examples, batching.pad_id_for(tokenizer), config.data.pad_to_multiple_of or None)
     return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, cached_reference=None) -> dict:
+def evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, cached_reference=None) -> dict:
     """Metrics averaged over every evaluation example (all ranks), with the reference code's names."""
     policy.eval()
     sums, count = {}, torch.zeros((), device=ctx.device)
     for indices, is_real in batching.eval_micro_batches(len(eval_examples), config.train.micro_batch_size,
                                                         ctx.world_size, ctx.rank):
-        batch = collate([eval_examples[i] for i in indices], kind, pad_id, config, ctx.device)
+        batch = collate([eval_examples[i] for i in indices], kind, tokenizer, config, ctx.device)
         with autocast(config, ctx):
             _, metrics = micro_batch_losses(policy, reference, batch, config, kind, cached_reference)
         weight = torch.tensor(is_real, dtype=torch.float32, device=ctx.device)
@@ -277,7 +332,7 @@ def sample(policy, reference, prompts: list[list[int]], tokenizer, config, ctx, 
 
 
 @torch.no_grad()
-def cached_reference_logps(reference_path: Path, examples: list[dict], pad_id: int, config: Config,
+def cached_reference_logps(reference_path: Path, examples: list[dict], tokenizer: Tokenizer, config: Config,
                            ctx: distributed.Dist, mode: str) -> reference_cache.ReferenceLogps:
     """log π_ref of every pair's chosen and rejected, from the disk cache or computed once here: the ranks
     share the examples, sum their parts, rank 0 writes the file. The key covers the token ids, the
@@ -296,7 +351,7 @@ def cached_reference_logps(reference_path: Path, examples: list[dict], pad_id: i
     n = len(examples)
     table = torch.zeros(4, n, dtype=torch.float64, device=ctx.device)  # chosen, rejected logps; their lengths
     for indices, is_real in batching.eval_micro_batches(n, config.train.micro_batch_size, ctx.world_size, ctx.rank):
-        batch = collate([examples[i] for i in indices], "preference", pad_id, config, ctx.device)
+        batch = collate([examples[i] for i in indices], "preference", tokenizer, config, ctx.device)
         with autocast(config, ctx):
             logps, lengths = policy_logps(reference, batch)
         real = torch.tensor(is_real, device=ctx.device)
@@ -340,10 +395,7 @@ def train(config: Config) -> dict:
     torch.manual_seed(t.seed)
 
     tokenizer = load_tokenizer(config, ctx, out_dir)
-    pad_id = batching.pad_id_for(tokenizer)
     kind, train_examples, eval_examples = load_data(config, tokenizer, ctx)
-    if kind == "preference" and config.loss.name in ("sft", "sft_mean") and False:
-        pass
     if kind == "sft" and config.loss.name not in ("sft", "sft_mean"):
         raise ConfigError(f"loss.name: data format {config.data.format!r} holds SFT examples; use sft or sft_mean")
     schedule = batching.BatchSchedule(len(train_examples), t.batch_size, t.micro_batch_size,
@@ -352,14 +404,8 @@ def train(config: Config) -> dict:
     if ctx.is_main:
         print(schedule.describe(), flush=True)
 
-    # Models. The policy starts from model.name (or new); on resume, from the latest checkpoint.
     resume_from = checkpoint.latest_checkpoint(out_dir) if t.resume else None
-    if resume_from is not None:
-        policy = load_model(resume_from, config, ctx, trainable=True)
-    elif config.model.name:
-        policy = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
-    else:
-        policy = new_model(config, tokenizer).to(ctx.device, getattr(torch, config.model.dtype))
+    policy = build_policy(config, tokenizer, ctx, kind, resume_from)
     reference = None
     needs_reference = kind == "preference" and not config.loss.reference_free
     if needs_reference:
@@ -374,8 +420,8 @@ def train(config: Config) -> dict:
     mode = parallel_mode(config, ctx)
     train_reference_logps = eval_reference_logps = None
     if needs_reference and t.reference_cache:  # log π_ref once for every pair; only the policy stays in memory
-        train_reference_logps = cached_reference_logps(reference_path, train_examples, pad_id, config, ctx, mode)
-        eval_reference_logps = cached_reference_logps(reference_path, eval_examples, pad_id, config, ctx, mode)
+        train_reference_logps = cached_reference_logps(reference_path, train_examples, tokenizer, config, ctx, mode)
+        eval_reference_logps = cached_reference_logps(reference_path, eval_examples, tokenizer, config, ctx, mode)
     elif needs_reference:
         reference = load_model(reference_path, config, ctx, trainable=False)
     if t.compile:
@@ -400,11 +446,11 @@ def train(config: Config) -> dict:
     if resume_from is not None:
         log.truncate_after(examples_seen)
 
-    sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]]
+    sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]] \
+        if kind in ("preference", "sft") else []  # reward models do not generate
     my_prompts = sample_prompts[ctx.rank::ctx.world_size]
     per_rank_batch = t.batch_size // ctx.world_size
-    gpt = distributed.unwrap(policy)
-    flops_per_token = gpt.flops_per_token(config.data.max_length) + (
+    flops_per_token = distributed.unwrap(policy).flops_per_token(config.data.max_length) + (
         distributed.unwrap(reference).flops_per_token(config.data.max_length, backward=False) if reference else 0)
     progress = None
     if ctx.is_main:
@@ -422,7 +468,7 @@ def train(config: Config) -> dict:
         start = time.perf_counter()
         sums, tokens = {}, torch.zeros((), device=ctx.device)
         for i, indices in enumerate(micro_batches):
-            batch = collate([train_examples[j] for j in indices], kind, pad_id, config, ctx.device)
+            batch = collate([train_examples[j] for j in indices], kind, tokenizer, config, ctx.device)
             with distributed.gradient_sync(policy, enabled=i == len(micro_batches) - 1), autocast(config, ctx):
                 example_losses, metrics = micro_batch_losses(policy, reference, batch, config, kind,
                                                              train_reference_logps)
@@ -460,7 +506,7 @@ def train(config: Config) -> dict:
             if progress is not None:
                 progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
         if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:
-            log.log(evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, eval_reference_logps),
+            log.log(evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, eval_reference_logps),
                     examples_seen)
         if t.sample_every and step % t.sample_every == 0:
             write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir)
@@ -471,7 +517,7 @@ def train(config: Config) -> dict:
     if progress is not None:
         progress.close()
 
-    final_metrics = evaluate(policy, reference, eval_examples, kind, pad_id, config, ctx, eval_reference_logps)
+    final_metrics = evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, eval_reference_logps)
     log.log(final_metrics, examples_seen)
     checkpoint_now()
     final_dir = out_dir / "final"

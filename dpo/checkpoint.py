@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
@@ -28,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from dpo.distributed import Dist, barrier, unwrap
 from dpo.hf_checkpoint import save_pretrained
+from dpo.reward_model import RewardModel, save_reward_model
 
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
@@ -39,7 +39,11 @@ def save_hf(model, out: Path, ctx: Dist, tokenizer=None) -> None:
     """Write the policy in Hugging Face layout into `out` (must not exist yet) from rank 0."""
     state = full_state_dict(model)
     if ctx.is_main:
-        save_pretrained(unwrap(model), out, state_dict=state)
+        inner = unwrap(model)
+        if isinstance(inner, RewardModel):  # *ForSequenceClassification layout
+            save_reward_model(inner, out, state_dict=state)
+        else:
+            save_pretrained(inner, out, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
 
@@ -106,7 +110,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def is_distributed() -> bool:
-    return dist.is_initialized()

@@ -200,3 +200,29 @@ def test_reference_cache_gives_the_same_run(base_model, tmp_path, capsys):
     assert_weights_close(final_weights(tmp_path / "live"), final_weights(tmp_path / "again"), 1e-6)
     live, cached = metrics_lines(tmp_path / "live")[-1], metrics_lines(tmp_path / "cached")[-1]
     assert abs(live["rewards_eval/margins"] - cached["rewards_eval/margins"]) < 1e-5
+
+
+def test_reward_model_and_classifier_training(base_model, tmp_path):
+    from dpo.reward_model import load_reward_model
+    # Bradley–Terry on pairs: the head starts at 0, so the first loss is ln 2; a few steps learn the task.
+    final = run(base_model, tmp_path / "rm", "loss.name=reward_model", "train.max_examples=96",
+                "train.optimizer=adamw", "train.lr=3e-3")
+    first = metrics_lines(tmp_path / "rm")[0]
+    assert abs(first["loss/train"] - math.log(2)) < 1e-6 and first["rewards_train/accuracies"] == 0
+    assert final["rewards_eval/accuracies"] > 0.6
+    rm = load_reward_model(tmp_path / "rm" / "final")
+    assert rm.kind == "bradley_terry"
+    # A sentiment classifier on labelled reviews in the aclImdb layout.
+    imdb = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for label, words in (("pos", quickstart.POSITIVE), ("neg", quickstart.NEGATIVE)):
+            (imdb / split / label).mkdir(parents=True)
+            for i in range(12):
+                review = f"the film was {words[i % len(words)]} and {words[(i + 3) % len(words)]}."
+                (imdb / split / label / f"{i}_{8 if label == 'pos' else 2}.txt").write_text(review)
+    final = run(base_model, tmp_path / "clf", "loss.name=classifier", "data.format=imdb_sentiment",
+                f"data.path={imdb}", "train.max_examples=96", "train.optimizer=adamw", "train.lr=3e-3")
+    assert set(final) == {"loss/eval", "accuracy/eval", "p_positive/eval"}
+    assert final["accuracy/eval"] > 0.6
+    clf = load_reward_model(tmp_path / "clf" / "final")
+    assert clf.kind == "classifier" and clf.labels[clf.positive_index] == "POSITIVE"
