@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, load_config, save_config
-from dpo.logprobs import chunked_sequence_logps
+from dpo.logprobs import chunked_token_logps, reduce_token_logps, response_mask, sequence_unlikelihood
 from dpo.model import GPT, GPTConfig
 from dpo.run_log import RunLog
 from dpo.tokenizer import Tokenizer, train_sentencepiece
@@ -41,8 +41,8 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A
 # ---------------------------------------------------------------------------------------------------
 # The math of one step: log-probs from a forward pass, then the loss.
 
-def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(y|x) of every row: (logps [N] fp32, response tokens [N]), N = 2B for pairs (chosen first).
+def token_logps(model: nn.Module, batch: dict) -> torch.Tensor:
+    """log π(y_t | x, y_<t) of every next token: [N, T−1] fp32 (0 where labels are −100), N = 2B for pairs.
 
     The forward returns final hidden states [N, T, C]; the log-probs are gathered from them and the output
     projection chunk by chunk (dpo.logprobs), so the [N, T, V] logits never exist in memory."""
@@ -51,12 +51,18 @@ def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     # FSDP2 keeps the root's parameters (lm_head among them) gathered after forward; should they be
     # sharded DTensors, gather them (differentiably: the gradient is scattered back to the shards).
     weight, bias = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
-    return chunked_sequence_logps(hidden, weight, bias, batch["labels"])
+    return chunked_token_logps(hidden, weight, bias, batch["labels"])
+
+
+def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y|x) of every row, summed over its response tokens: (logps [N] fp32, response lengths [N])."""
+    return reduce_token_logps(token_logps(model, batch), response_mask(batch["labels"]))
 
 
 def preference_step(policy, reference, batch: dict, config: Config, cached_reference=None):
     """One micro-batch of pairs → (per-pair losses [B], per-pair metrics {name: [B]})."""
-    logps, lengths = policy_logps(policy, batch)
+    policy_token_logps, mask = token_logps(policy, batch), response_mask(batch["labels"])
+    logps, lengths = reduce_token_logps(policy_token_logps, mask)
     policy_chosen_logps, policy_rejected_logps = logps.chunk(2)
     chosen_lengths, rejected_lengths = lengths.chunk(2)
     if cached_reference is not None:
@@ -72,6 +78,8 @@ def preference_step(policy, reference, batch: dict, config: Config, cached_refer
     options = dict(config.loss.options)
     if config.loss.label_smoothing:
         options["label_smoothing"] = config.loss.label_smoothing
+    if "unlikelihood" in losses.parse_loss_names(config.loss.name):  # needs per-token probabilities
+        options["policy_rejected_unlikelihood"] = sequence_unlikelihood(policy_token_logps, mask).chunk(2)[1]
     pair_losses = losses.preference_loss(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
         loss_type=config.loss.name, beta=config.loss.beta, rpo_alpha=config.loss.rpo_alpha,
@@ -86,8 +94,8 @@ def sft_step(policy, batch: dict, config: Config):
     """One micro-batch of SFT sequences → (per-sequence losses [B], metrics). loss.name sft: the summed
     NLL of each target (the reference code); sft_mean: its per-token mean."""
     logps, lengths = policy_logps(policy, batch)
-    seq_losses = losses.LOSSES[config.loss.name](logps, chosen_lengths=lengths) \
-        if config.loss.name == "sft_mean" else losses.LOSSES["sft"](logps)
+    seq_losses = losses.sft_mean_loss(logps, chosen_lengths=lengths) if config.loss.name == "sft_mean" \
+        else losses.sft_loss(logps)
     return seq_losses, {"loss/train": seq_losses.detach(), "logps_train/chosen": logps.detach(),
                         "lengths_train/chosen": lengths.float()}
 
