@@ -16,6 +16,7 @@ One DPO step, as the loop below runs it (SPEC §1):
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import resource
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
+from dpo import batching, checkpoint, data, distributed, hf_checkpoint, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, load_config, save_config
 from dpo.logprobs import chunked_token_logps, reduce_token_logps, response_mask, sequence_unlikelihood
 from dpo.model import GPT, GPTConfig
@@ -194,9 +195,14 @@ def new_model(config: Config, tokenizer: Tokenizer) -> GPT:
                          bos_id=tokenizer.bos_id))
 
 
-def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool) -> GPT:
+def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool, meta: bool = False) -> GPT:
+    """A GPT from a Hugging Face folder; with `meta`, only its shape (FSDP ranks > 0: weights come from rank 0)."""
     dtype = getattr(torch, config.model.dtype)
-    model = GPT.from_pretrained(path, dtype=dtype, device=ctx.device)
+    if meta:
+        with torch.device("meta"):
+            model = GPT(hf_checkpoint.config_from_hf(json.loads((Path(path) / "config.json").read_text())))
+    else:
+        model = GPT.from_pretrained(path, dtype=dtype, device=ctx.device)
     model.config.dropout = config.model.dropout
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -205,21 +211,24 @@ def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool) -> 
     return model.train(trainable)
 
 
-def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, kind: str, resume_from) -> nn.Module:
+def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, kind: str, resume_from,
+                 meta: bool) -> nn.Module:
     """The model being trained: from the latest checkpoint on resume, else from model.name, else new. Reward
-    models (kind classification / reward_pairs) put a zero-initialised linear head on that GPT."""
+    models (kind classification / reward_pairs) put a zero-initialised linear head on that GPT. With `meta`
+    only the shapes are built (FSDP ranks > 0 receive rank 0's weights when the model is sharded)."""
     dtype = getattr(torch, config.model.dtype)
-    if kind in ("classification", "reward_pairs") and resume_from is not None:
+    is_reward_model = kind in ("classification", "reward_pairs")
+    if is_reward_model and resume_from is not None and not meta:
         return reward_model.load_reward_model(resume_from, dtype, ctx.device).requires_grad_(True).train()
-    if resume_from is not None:
-        return load_model(resume_from, config, ctx, trainable=True)
-    if config.model.name:
-        gpt = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
+    if resume_from is not None or config.model.name:
+        gpt = load_model(resume_from or resolve_model_dir(config.model.name), config, ctx, True, meta)
     else:
-        gpt = new_model(config, tokenizer).to(ctx.device, dtype)
-    if kind in ("classification", "reward_pairs"):
+        with torch.device("meta" if meta else ctx.device):
+            gpt = new_model(config, tokenizer).to(dtype)
+    if is_reward_model:
         n_outputs = 2 if kind == "classification" else 1
-        return reward_model.RewardModel(gpt, n_outputs, pad_id=batching.pad_id_for(tokenizer)).train()
+        with torch.device("meta" if meta else ctx.device):
+            return reward_model.RewardModel(gpt, n_outputs, pad_id=batching.pad_id_for(tokenizer)).train()
     return gpt
 
 
@@ -354,7 +363,8 @@ def cached_reference_logps(reference_path: Path, examples: list[dict], tokenizer
     cached = reference_cache.load_reference_logps(key, path)
     if cached is not None:
         return cached
-    reference = distributed.wrap(load_model(reference_path, config, ctx, trainable=False), mode, ctx,
+    on_meta = mode == "fsdp" and not ctx.is_main
+    reference = distributed.wrap(load_model(reference_path, config, ctx, False, meta=on_meta), mode, ctx,
                                  mixed_precision=config.train.mixed_precision, trainable=False)
     n = len(examples)
     table = torch.zeros(4, n, dtype=torch.float64, device=ctx.device)  # chosen, rejected logps; their lengths
@@ -413,7 +423,9 @@ def train(config: Config) -> dict:
         print(schedule.describe(), flush=True)
 
     resume_from = checkpoint.latest_checkpoint(out_dir) if t.resume else None
-    policy = build_policy(config, tokenizer, ctx, kind, resume_from)
+    mode = parallel_mode(config, ctx)
+    on_meta = mode == "fsdp" and not ctx.is_main  # under FSDP only rank 0 reads weights
+    policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=on_meta)
     reference = None
     needs_reference = kind == "preference" and not config.loss.reference_free
     if needs_reference:
@@ -425,13 +437,12 @@ def train(config: Config) -> dict:
                 distributed.barrier()
         reference_path = resolve_model_dir(str(reference_path))
 
-    mode = parallel_mode(config, ctx)
     train_reference_logps = eval_reference_logps = None
     if needs_reference and t.reference_cache:  # log π_ref once for every pair; only the policy stays in memory
         train_reference_logps = cached_reference_logps(reference_path, train_examples, tokenizer, config, ctx, mode)
         eval_reference_logps = cached_reference_logps(reference_path, eval_examples, tokenizer, config, ctx, mode)
     elif needs_reference:
-        reference = load_model(reference_path, config, ctx, trainable=False)
+        reference = load_model(reference_path, config, ctx, trainable=False, meta=on_meta)
     if t.compile:
         for block in policy.blocks:
             block.compile()

@@ -82,7 +82,8 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
     """Wrap for data parallelism. mode: none | ddp | fsdp.
 
     fsdp = FSDP2 `fully_shard` on every transformer block and then on the root, so each rank holds 1/N of
-    the parameters, gradients and optimizer state; with mixed_precision=bf16 the forward/backward run in
+    the parameters, gradients and optimizer state. The weights come from rank 0 (the other ranks may pass
+    a model built on the meta device, so host memory does not grow with the number of ranks); with mixed_precision=bf16 the forward/backward run in
     bf16 while parameters and the gradient reduction stay fp32. The frozen reference model (trainable=False)
     is sharded the same way under fsdp and left unwrapped under ddp (it has no gradients to sync)."""
     model.activation_checkpointing = activation_checkpointing and trainable
@@ -91,7 +92,11 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
             return model
         return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        # Only rank 0 holds real weights (the other ranks may build the model on the meta device): keep them
+        # aside, shard, allocate the shards, then broadcast rank 0's weights shard by shard.
+        full_state = model.state_dict() if ctx.is_main else {}
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if mixed_precision == "bf16" else MixedPrecisionPolicy()
         offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
@@ -102,6 +107,11 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
         fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+        model.to_empty(device="cpu" if cpu_offload else ctx.device)
+        set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True,
+                                                                         broadcast_from_rank0=True))
+        gpt = getattr(model, "backbone", model)  # a reward model holds its GPT as .backbone
+        gpt.reset_buffers(ctx.device)  # rotary frequencies are not in the state dict
         return model
     if mode != "none":
         raise ValueError(f"train.parallel: expected none | ddp | fsdp, got {mode!r}")
