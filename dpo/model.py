@@ -15,7 +15,7 @@ positions are counted over real tokens only (cumsum(mask) - 1), so a left-padded
 positions as an unpadded one, as Hugging Face `generate` does.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -137,14 +137,14 @@ def make_norm(cfg: GPTConfig) -> nn.Module:
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
 
 
-@dataclass
 class KVCache:
     """Keys and values of the tokens seen so far, preallocated per layer: k[i], v[i]: [B, Hkv, max_len, D].
 
-    `length` counts filled positions; GPT.forward advances it after all layers have written."""
-    k: list = field(default_factory=list)
-    v: list = field(default_factory=list)
-    length: int = 0
+    `length` counts filled positions; GPT.forward advances it after all layers have written. A plain class,
+    not a dataclass: wrappers that rebuild dataclass arguments (FSDP2's input casting) would update a copy."""
+
+    def __init__(self, k: list, v: list, length: int = 0):
+        self.k, self.v, self.length = k, v, length
 
     @classmethod
     def empty(cls, cfg: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
