@@ -61,22 +61,25 @@ def sequence_kl(policy, reference, prompt_ids: list[list[int]], completion_ids: 
     out["n_tokens"] = torch.tensor([len(c) for c in completion_ids], dtype=torch.long)
     was_training = (policy.training, reference.training)
     policy.eval(), reference.eval()
-    order = sorted((i for i in range(N) if completion_ids[i]), key=lambda i: -(len(prompt_ids[i]) + len(completion_ids[i])))
+    # longest first, empty completions (nothing to score) left out
+    order = sorted((i for i in range(N) if completion_ids[i]),
+                   key=lambda i: -(len(prompt_ids[i]) + len(completion_ids[i])))
     try:
-        for k in range(0, len(order), batch_size):
-            batch = order[k:k + batch_size]
-            ids, mask, labels = _right_padded([prompt_ids[i] for i in batch], [completion_ids[i] for i in batch], pad_id)
+        for first in range(0, len(order), batch_size):
+            batch = order[first:first + batch_size]
+            ids, mask, labels = _right_padded([prompt_ids[i] for i in batch], [completion_ids[i] for i in batch],
+                                              pad_id)
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             rows, targets = _shifted_rows(labels)
             seq = torch.div(rows, ids.shape[1], rounding_mode="floor")  # [M] row → sequence in the batch
-            per_token = {k: torch.zeros(rows.shape[0], device=device) for k in ("exact", "policy", "reference")}
+            per_token = {name: torch.zeros(rows.shape[0], device=device) for name in ("exact", "policy", "reference")}
             for (sl, logp_policy), (_, logp_reference) in zip(_row_log_probs(policy, ids, mask, rows, chunk_size),
                                                               _row_log_probs(reference, ids, mask, rows, chunk_size)):
                 t = targets[sl, None]
                 per_token["exact"][sl] = (logp_policy.exp() * (logp_policy - logp_reference)).sum(-1)
                 per_token["policy"][sl] = logp_policy.gather(-1, t).squeeze(-1)
                 per_token["reference"][sl] = logp_reference.gather(-1, t).squeeze(-1)
-            sums = {k: torch.zeros(len(batch), device=device).index_add_(0, seq, v) for k, v in per_token.items()}
+            sums = {name: torch.zeros(len(batch), device=device).index_add_(0, seq, v) for name, v in per_token.items()}
             index = torch.tensor(batch)
             out["kl_exact"][index] = sums["exact"].cpu()
             out["policy_logps"][index] = sums["policy"].cpu()

@@ -14,22 +14,9 @@ import pytest
 
 from dpo import data
 from dpo.data import DataError
+from helpers import ByteTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class ByteTokenizer:
-    """Stand-in for dpo.tokenizer.Tokenizer: ids are UTF-8 bytes, "<|endoftext|>" is the EOS id 256."""
-    eos_id = bos_id = 256
-    pad_id = None
-    vocab_size = 257
-
-    def encode(self, text):
-        parts = [list(p.encode()) for p in text.split("<|endoftext|>")]
-        return [i for k, p in enumerate(parts) for i in ([256] if k else []) + p]
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
 
 
 def write_jsonl(path, rows, raw_lines=()):

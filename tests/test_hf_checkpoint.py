@@ -12,6 +12,7 @@ st = pytest.importorskip("safetensors.torch")
 from dpo import hf_checkpoint  # noqa: E402
 from dpo.hf_checkpoint import CheckpointError, config_from_hf, config_to_hf, load_pretrained  # noqa: E402
 from dpo.model import GPT, GPTConfig  # noqa: E402
+from helpers import randomize_  # noqa: E402
 
 V = 96
 IDS = dict(vocab_size=V, bos_token_id=0, eos_token_id=1)
@@ -39,17 +40,6 @@ HF_CONFIGS = {
 SAVED_AS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "gptj": "GPTJForCausalLM",
             "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "LlamaForCausalLM",
             "llama3_scaled": "LlamaForCausalLM"}
-
-
-def randomize_(model, seed=0):
-    """Every tensor random (HF init leaves biases 0 and norm gains 1, which would hide mapping errors)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.1
-            is_norm_gain = name.endswith("weight") and ("norm" in name or ".ln" in name)
-            p.copy_(1 + noise if is_norm_gain else noise * (3 if p.dim() == 2 else 1))
-    return model.eval()
 
 
 def hf_model(family):

@@ -5,6 +5,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from dpo.model import GPT, GPTConfig, KVCache, sample_token  # noqa: E402
+from helpers import randomize_  # noqa: E402
 
 V = 128
 EOS, PAD = 1, 0
@@ -40,17 +41,6 @@ def hf_config(family: str):
 
 
 FAMILIES = ["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied"]
-
-
-def randomize_(model, seed=0):
-    """HF init leaves biases 0 and norms 1, which would hide mapping errors: make every tensor random."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.1
-            is_norm_gain = name.endswith("weight") and ("norm" in name or ".ln" in name)
-            p.copy_(1 + noise if is_norm_gain else noise * (3 if p.dim() == 2 else 1))
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

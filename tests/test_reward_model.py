@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dpo import reward_model as rm
 from dpo.model import GPT, GPTConfig

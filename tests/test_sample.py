@@ -1,5 +1,6 @@
 """sample.py: the inverse-CDF draw restricted as top-k / top-p say, greedy = step-by-step argmax without the
 cache, samples independent of batching, rank split and resume point, and the CLI (exit codes, errors)."""
+import gzip
 import json
 import os
 import subprocess
@@ -225,7 +226,7 @@ def test_load_prompts_jsonl(tmp_path):
     prompts, counts = sample.load_prompts(str(path), tok)
     assert [p["prompt_id"] for p in prompts] == [0, "x7", 2]
     assert [p.get("reference") for p in prompts] == [None, "c", "r"]
-    assert prompts[1]["prompt_input_ids"] == tok.encode("b") and counts["prompts"] == 3
+    assert prompts[1]["prompt_input_ids"] == tok.encode("b") and counts["blank lines (ignored)"] == 1
     path.write_text('{"prompt": "a", "id": 1}\n{"prompt": "b", "id": 1}\n')
     with pytest.raises(sample.DataError, match=r"p.jsonl:2: prompt_id 1 repeats line 1"):
         sample.load_prompts(str(path), tok)
@@ -238,20 +239,34 @@ def test_load_prompts_from_datasets(shared_data):
     tok = Tokenizer.from_pretrained(shared_data / "gpt2")
     imdb, _ = sample.load_prompts(f"imdb:{shared_data / 'aclImdb-mini'}:test", tok, prompt_seed=0, limit=50)
     assert len(imdb) == 50 and all(2 <= len(p["prompt_input_ids"]) <= 8 for p in imdb)
-    assert len({len(p["prompt_input_ids"]) for p in imdb}) > 3 and {p["label"] for p in imdb} <= {0, 1}
+    assert {p["label"] for p in imdb} == {0}  # the split is sorted by polarity: --subsample spreads over it
+    mixed, counts = sample.load_prompts(f"imdb:{shared_data / 'aclImdb-mini'}:test", tok, subsample=50)
+    assert {p["label"] for p in mixed} == {0, 1} and len(mixed) == 50
+    assert [p["prompt_id"] for p in mixed] == sorted(p["prompt_id"] for p in mixed)
+    assert counts["prompts outside a random subset of 50 (--subsample)"] > 0
+    assert len({len(p["prompt_input_ids"]) for p in imdb}) > 3
     again, _ = sample.load_prompts(f"imdb:{shared_data / 'aclImdb-mini'}:test", tok, prompt_seed=0, limit=50)
     assert again == imdb
     tldr, counts = sample.load_prompts(f"tldr:{shared_data / 'tldr-mini'}:test", tok, limit=5)
     assert all(p["prompt"].startswith("SUBREDDIT: r/") and p["prompt"].endswith("\nTL;DR:") for p in tldr)
     assert all(p["reference"].startswith(" ") for p in tldr) and [p["prompt_id"] for p in tldr] == list(range(5))
     assert counts["prompts after the first 5 (--limit)"] > 0
-    quick, _ = sample.load_prompts("quickstart", tok)
-    assert len(quick) == 400
 
 
-def test_single_turn_filter():
-    assert sample.is_single_turn("\n\nHuman: hi\n\nAssistant:")
-    assert not sample.is_single_turn("\n\nHuman: hi\n\nAssistant: yo\n\nHuman: and?\n\nAssistant:")
+def test_load_prompts_quickstart_and_hh(tmp_path):
+    tok = byte_tokenizer()
+    assert len(sample.load_prompts("quickstart", tok)[0]) == 400
+    assert len(sample.load_prompts("quickstart:train", tok)[0]) == 4000
+    hh = tmp_path / "test.jsonl.gz"
+    single = "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+    multi = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
+    with gzip.open(hh, "wt") as f:
+        for prompt in (single, multi):
+            f.write(json.dumps({"chosen": prompt + " Good answer.", "rejected": prompt + " Bad."}) + "\n")
+    prompts, counts = sample.load_prompts(f"hh:{hh}", tok)
+    assert [p["prompt"] for p in prompts] == [single, multi] and prompts[0]["reference"] == " Good answer."
+    prompts, counts = sample.load_prompts(f"hh:{hh}:test", tok, single_turn=True)
+    assert [p["prompt"] for p in prompts] == [single] and counts["multi-turn dialogues (--single-turn)"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,501 @@
+"""Sample completions from a checkpoint: batched with the KV cache, resumable, split across ranks by torchrun.
+
+    python sample.py --model runs/imdb-dpo/final --prompts imdb:data/aclImdb:test --out samples/dpo.jsonl \\
+        --max-new-tokens 60 --temperature 1.0 --subsample 1000
+    python sample.py --model runs/tldr-dpo/final --prompts tldr:data/tldr:test --temperature 0 --out s.jsonl
+    python sample.py --model gpt2 --prompts prompts.jsonl --num-samples 4 --top-p 0.9 --out s.jsonl
+    torchrun --nproc_per_node=8 sample.py --model ... --prompts ... --out s.jsonl      # prompts split over ranks
+    python sample.py ... --best-of 128 --reward reward_model:runs/tldr-rm/final     # Best-of-N (dpo/best_of_n.py)
+
+Prompts (--prompts): a JSON-lines file with a "prompt" field per line (optional "prompt_id" or "id", and
+"reference" or "chosen" as the reference response for win rates), or a dataset split by name:
+    imdb:PATH[:SPLIT]        the first 2-8 tokens of each review (lengths drawn with --prompt-seed; the paper)
+    tldr:PATH[:SPLIT]        "SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\nTL;DR:", reference = the human summary
+    hh:PATH[:SPLIT]          the dialogue up to the last "\\n\\nAssistant:", reference = the chosen response
+    quickstart[:SPLIT]       the built-in quickstart task's prompts (dpo/quickstart.py)
+SPLIT defaults to test. Dataset prompts get prompt_id = their position in the split (before --single-turn
+and --limit, so an id names the same prompt whatever the filters).
+
+Output: JSON lines, one per (prompt_id, sample_index), in prompt order then sample_index:
+    {prompt_id, sample_index, prompt, completion, reference?, label?, model, temperature, top_k, top_p,
+     max_new_tokens, seed, finish_reason ("eos" | "length"), prompt_token_ids, completion_token_ids}
+completion_token_ids are the generated ids (with the EOS when the sample ended on one): the KL code scores
+exactly these, since decode-then-encode need not give the same ids back.
+
+Randomness. The sample for (prompt_id, sample_index) depends only on (seed, prompt_id, sample_index), the
+model and the settings, never on which other rows share its batch, the rank that made it or where a run was
+resumed: each row draws its own uniforms u_1..u_n from a generator seeded by sha256(seed:prompt_id:index),
+and token t is the inverse-CDF draw of u_t from the filtered next-token distribution (temperature, then
+top-k, then top-p, the rules of dpo.model.sample_token). Temperature 0 is greedy (argmax). Batches are still
+fixed (rows sorted by prompt length, longest first, then cut into --batch-size rows), so a resumed run
+recomputes a half-written batch with the same neighbours and gives bit-identical logits too.
+
+Resuming. Every rank appends whole batches to OUT.rank{R}.part (one write + flush per batch); on start an
+incomplete last line (a kill mid-write) is cut off, and rows already present in OUT or any part file are
+not sampled again. Rank 0 then merges OUT and the part files (deduplicated, in prompt order) into OUT with
+one atomic rename and removes the parts. Rows written with other settings (model, temperature, ...) are an
+error: use another --out. Ranks need only a shared filesystem; they meet once at the end (a gloo barrier
+with a long timeout, so no NCCL watchdog fires while a slower rank finishes).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from dpo import data
+from dpo.batching import collate_prompts, pad_id_for
+from dpo.data import DataError
+from dpo.evaluate import read_samples, resolve_model_dir, write_lines_atomic
+from dpo.model import GPT, KVCache
+
+SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed")  # must match to resume
+DATASETS = ("imdb", "tldr", "hh", "quickstart")
+
+
+class SampleError(ValueError):
+    """Bad arguments or an output file that cannot be resumed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def _dataset_prompts(kind: str, path: str, split: str, tokenizer, prompt_seed: int, counts: Counter) -> list[dict]:
+    if kind == "imdb":
+        reviews = data.read_imdb(path, split)
+        return [{"prompt": p["prompt"], "prompt_input_ids": p["prompt_input_ids"], "label": p["label"],
+                 "source": p["source"]}
+                for p in data.imdb_prefix_prompts(reviews, tokenizer, prompt_seed, counts=counts)]
+    if kind == "tldr":
+        return [{"prompt": ex["prompt"], "reference": ex["completion"], "source": ex["source"]}
+                for ex in data.read_tldr_sft(path, split, counts)]
+    if kind == "hh":
+        return [{"prompt": ex["prompt"], "reference": ex["chosen"], "source": ex["source"]}
+                for ex in data.read_hh(path, split, counts)]
+    _, examples, _ = data.load_examples("quickstart_preference", "", split)
+    return [{"prompt": ex["prompt"], "source": f"quickstart:{split}:{i}"} for i, ex in enumerate(examples)]
+
+
+def _jsonl_prompts(path: str, counts: Counter) -> list[dict]:
+    prompts, seen = [], {}
+    for lineno, obj in data.read_jsonl(path, counts):
+        where = f"{path}:{lineno}"
+        prompt = data._get(obj, "prompt", where)
+        prompt_id = obj.get("prompt_id", obj.get("id", len(prompts)))
+        if not isinstance(prompt_id, (int, str)) or isinstance(prompt_id, bool):
+            raise DataError(f"{where}: prompt_id must be an integer or a string, got {type(prompt_id).__name__}")
+        if prompt_id in seen:
+            raise DataError(f"{where}: prompt_id {prompt_id!r} repeats line {seen[prompt_id]}")
+        seen[prompt_id] = lineno
+        row = {"prompt_id": prompt_id, "prompt": prompt, "source": where}
+        reference = obj.get("reference", obj.get("chosen"))
+        if reference is not None:
+            row["reference"] = data._get({"reference": reference}, "reference", where)
+        prompts.append(row)
+    if not prompts:
+        raise DataError(f"{path}: no prompts (expected JSON lines with a \"prompt\" field)")
+    return prompts
+
+
+def is_single_turn(dialogue: str) -> bool:
+    """One human turn and the assistant's reply to come (the paper's HH evaluation prompts)."""
+    return dialogue.count("\n\nHuman:") == 1 and dialogue.count("\n\nAssistant:") == 1
+
+
+def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: bool = False,
+                 limit: int | None = None, subsample: int | None = None) -> tuple[list[dict], Counter]:
+    """Prompts from a JSON-lines file or "dataset:PATH[:SPLIT]" (see the module docstring), tokenized.
+
+    Returns ([{"prompt_id", "prompt", "prompt_input_ids", "reference"?, "label"?, "source"}], counts of
+    what was left out). After --single-turn, `subsample` keeps a random subset of that many prompts (drawn
+    with prompt_seed, kept in order; the IMDB split is sorted by polarity, so its first prompts are all
+    negative reviews) and `limit` then keeps the first `limit`."""
+    counts = Counter()
+    kind, _, rest = source.partition(":")
+    if kind == "quickstart" or (kind in DATASETS and rest):
+        if kind == "quickstart":
+            path, split = "", rest
+        else:
+            path, _, split = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        prompts = _dataset_prompts(kind, path, split or "test", tokenizer, prompt_seed, counts)
+        for i, p in enumerate(prompts):
+            p["prompt_id"] = i
+    else:
+        prompts = _jsonl_prompts(source, counts)
+    if single_turn:
+        kept = [p for p in prompts if is_single_turn(p["prompt"])]
+        counts["multi-turn dialogues (--single-turn)"] += len(prompts) - len(kept)
+        prompts = kept
+    if subsample is not None and subsample < len(prompts):
+        keep = sorted(random.Random(prompt_seed).sample(range(len(prompts)), subsample))
+        counts[f"prompts outside a random subset of {subsample} (--subsample)"] += len(prompts) - subsample
+        prompts = [prompts[i] for i in keep]
+    if limit is not None and limit < len(prompts):
+        counts[f"prompts after the first {limit} (--limit)"] += len(prompts) - limit
+        prompts = prompts[:limit]
+    for p in prompts:
+        if "prompt_input_ids" not in p:
+            p["prompt_input_ids"] = tokenizer.encode(p["prompt"])
+    return prompts, counts
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing tokens: per-row uniforms and the inverse CDF
+
+
+def row_seed(seed: int, prompt_id, sample_index: int) -> int:
+    """A 63-bit seed for one (prompt_id, sample_index): sha256 of "seed:json(prompt_id):index"."""
+    key = f"{seed}:{json.dumps(prompt_id)}:{sample_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def row_uniforms(seeds: list[int], n_steps: int) -> torch.Tensor:
+    """[len(seeds), n_steps] float64 uniforms in [0, 1), row i from a CPU generator seeded by seeds[i]."""
+    return torch.stack([torch.rand(n_steps, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                        for s in seeds]) if seeds else torch.zeros(0, n_steps, dtype=torch.float64)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """logits [B, V] / temperature, with every token outside top-k and then outside the top-p nucleus set
+    to -inf. The rules of dpo.model.sample_token: top_k keeps the k largest (ties with the k-th too); top_p
+    keeps the most likely tokens until their mass reaches top_p (the most likely one always)."""
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_from_uniforms(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0,
+                         top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """One token per row of logits [B, V] by the inverse CDF of u [B] in [0, 1) → [B] long.
+
+    token = the first v with cdf[v] > u · cdf[V−1], cdf the float64 running sum of the filtered
+    probabilities; tokens of probability 0 are never picked (their cdf step is empty)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cdf = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1).double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # u · total can round up to total; kept strictly below it, the search never runs past the last token
+    # that has probability
+    target = torch.minimum(u.to(cdf.device, torch.float64)[:, None] * total,
+                           torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+
+
+def attention_backends():
+    """SDPA without the cuDNN backend: torch picks cuDNN for masked attention on recent GPUs and builds a
+    plan for every new key length, and decoding meets a new length at every step (~40 ms each on an H100,
+    far more than the step itself)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+@torch.no_grad()
+def generate(model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             eos_ids=(), pad_id: int = 0, uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continue left-padded prompts input_ids [B, T] with the KV cache.
+
+    uniforms: [B, >= max_new_tokens] per-row draws (needed when temperature > 0). Returns
+    (new tokens [B, n] with pad_id after a row's EOS, n <= max_new_tokens; finished [B] bool: ended on EOS)."""
+    B, T = input_ids.shape
+    if T + max_new_tokens > model.config.max_seq_len:
+        raise SampleError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's "
+                          f"max_seq_len {model.config.max_seq_len}")
+    if temperature > 0 and (uniforms is None or uniforms.shape[1] < max_new_tokens):
+        raise ValueError("sampling with temperature > 0 needs uniforms [B, max_new_tokens]")
+    device = input_ids.device
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    cache = KVCache.empty(model.config, B, T + max_new_tokens, device, model.wte.weight.dtype)
+    mask = attention_mask.to(input_ids.dtype)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens = []
+    was_training = model.training
+    model.eval()
+    try:
+        with attention_backends():
+            # the prompt's last position is the only one whose logits are needed
+            logits = model.lm_head(model(input_ids, mask, kv_cache=cache, return_hidden=True)[:, -1])
+        for step in range(max_new_tokens):
+            u = uniforms[:, step] if temperature > 0 else None
+            token = sample_from_uniforms(logits, u, temperature, top_k, top_p).masked_fill(done, pad_id)
+            tokens.append(token)
+            done = done | torch.isin(token, eos)
+            # bool(done.all()) waits for the GPU; on CUDA ask every 8 steps so the CPU can queue ahead
+            # (rows that have ended only get pads meanwhile)
+            if step == max_new_tokens - 1 or ((device.type == "cpu" or step % 8 == 7) and bool(done.all())):
+                break
+            mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
+            with attention_backends():
+                logits = model(token[:, None], mask, kv_cache=cache)[:, -1]
+    finally:
+        model.train(was_training)
+    out = torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros(B, 0)
+    return out, done
+
+
+# --------------------------------------------------------------------------------------------------
+# Output files: resumable appends per rank, one atomic merge
+
+
+def part_files(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(out.name + ".rank*.part"))
+
+
+def _check_settings(rows: list[dict], settings: dict, where: Path):
+    for row in rows:
+        for key in SETTINGS:
+            if row.get(key) != settings[key]:
+                raise SampleError(f"{where}: holds samples with {key}={row.get(key)!r}, this run has "
+                                  f"{key}={settings[key]!r}; resume with the same settings or use another --out")
+
+
+def merge(out: Path, prompts: list[dict]) -> int:
+    """OUT + OUT.rank*.part → OUT (atomically), one row per (prompt_id, sample_index), in prompt order then
+    sample_index (rows of prompts not in this run last, by id); removes the parts. Returns the row count."""
+    order = {p["prompt_id"]: i for i, p in enumerate(prompts)}
+    rows = {}
+    for path in [out] + part_files(out):
+        for row in read_samples(path):
+            rows.setdefault((json.dumps(row["prompt_id"]), row["sample_index"]), row)
+    ordered = sorted(rows.values(), key=lambda r: (order.get(r["prompt_id"], len(order)),
+                                                    json.dumps(r["prompt_id"]), r["sample_index"]))
+    write_lines_atomic(out, [json.dumps(r, ensure_ascii=False) + "\n" for r in ordered])
+    for path in part_files(out):
+        path.unlink()
+    return len(ordered)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def plan_batches(prompts: list[dict], n: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """All (prompt position, sample_index) rows sorted by prompt length (longest first, so an out-of-memory
+    shows at once), then position and index, cut into batches of batch_size. Deterministic."""
+    rows = sorted(((i, s) for i in range(len(prompts)) for s in range(n)),
+                  key=lambda r: (-len(prompts[r[0]]["prompt_input_ids"]), r[0], r[1]))
+    return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+
+
+def eos_ids_of(model: GPT, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
+    cfg_eos = model.config.eos_id
+    ids |= set(cfg_eos if isinstance(cfg_eos, list) else [] if cfg_eos is None else [cfg_eos])
+    return ids
+
+
+def sample_batch(model: GPT, tokenizer, prompts: list[dict], batch: list[tuple[int, int]], settings: dict,
+                 device) -> list[dict]:
+    """Generate one batch of (prompt position, sample_index) rows → output rows (see the module docstring)."""
+    pad_id = pad_id_for(tokenizer)
+    eos_ids = eos_ids_of(model, tokenizer)
+    collated = collate_prompts([prompts[i]["prompt_input_ids"] for i, _ in batch], pad_id)
+    uniforms = None
+    if settings["temperature"] > 0:
+        seeds = [row_seed(settings["seed"], prompts[i]["prompt_id"], s) for i, s in batch]
+        uniforms = row_uniforms(seeds, settings["max_new_tokens"]).to(device)
+    new, finished = generate(model, collated["input_ids"].to(device), collated["attention_mask"].to(device),
+                             max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                             top_k=settings["top_k"], top_p=settings["top_p"], eos_ids=eos_ids, pad_id=pad_id,
+                             uniforms=uniforms)
+    rows = []
+    for (i, s), ids, ended in zip(batch, new.tolist(), finished.tolist()):
+        cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+        generated = ids[:cut + 1] if ended else ids
+        text_ids = ids[:cut] if ended else ids
+        p = prompts[i]
+        row = {"prompt_id": p["prompt_id"], "sample_index": s, "prompt": p["prompt"],
+               "completion": tokenizer.decode(text_ids)}
+        for key in ("reference", "label"):
+            if key in p:
+                row[key] = p[key]
+        row.update(settings)
+        row.update(finish_reason="eos" if ended else "length", prompt_token_ids=p["prompt_input_ids"],
+                   completion_token_ids=generated)
+        rows.append(row)
+    return rows
+
+
+def run_sampling(model: GPT, tokenizer, prompts: list[dict], out, *, n: int = 1, batch_size: int = 16,
+                 settings: dict, rank: int = 0, world_size: int = 1, device="cpu", progress: bool = True,
+                 stop_after_batches: int | None = None) -> dict:
+    """Sample this rank's share of the rows into OUT.rank{rank}.part, skipping rows already done.
+    Returns counts {"rows", "done_before", "sampled"}. The caller merges (see `merge`) after all ranks end.
+    stop_after_batches: stop early (tests simulate an interrupted run with it)."""
+    from tqdm import tqdm
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mine = out.with_name(f"{out.name}.rank{rank}.part")
+    done = set()
+    for path in [out] + part_files(out):
+        rows = read_samples(path, truncate_partial=path == mine)
+        _check_settings(rows, settings, path)
+        done.update((json.dumps(r["prompt_id"]), r["sample_index"]) for r in rows)
+    batches = plan_batches(prompts, n, batch_size)[rank::world_size]
+    key = lambda i, s: (json.dumps(prompts[i]["prompt_id"]), s)  # noqa: E731
+    todo = [b for b in batches if any(key(i, s) not in done for i, s in b)]
+    counts = {"rows": sum(len(b) for b in batches), "sampled": 0}
+    counts["done_before"] = counts["rows"] - sum(len(b) for b in todo)
+    bar = tqdm(total=counts["rows"], initial=counts["done_before"], desc=f"sample[{rank}]", unit="sample",
+               dynamic_ncols=True, disable=not progress or rank != 0)
+    with open(mine, "a", encoding="utf-8") as f:
+        for b, batch in enumerate(todo):
+            if stop_after_batches is not None and b >= stop_after_batches:
+                break
+            rows = [r for r in sample_batch(model, tokenizer, prompts, batch, settings, device)
+                    if (json.dumps(r["prompt_id"]), r["sample_index"]) not in done]
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))  # one write per batch
+            f.flush()
+            counts["sampled"] += len(rows)
+            bar.update(len(batch))
+    bar.close()
+    return counts
+
+
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SampleError("--device cuda: no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(model_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+    from dpo.tokenizer import Tokenizer
+    path = resolve_model_dir(str(model_dir))
+    model = GPT.from_pretrained(path, dtype=dtype, device=device).eval()
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir or path)
+    return model, tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint folder (Hugging Face layout) or hub name")
+    p.add_argument("--prompts", required=True, help="prompts.jsonl, or imdb:PATH[:SPLIT], tldr:..., hh:..., quickstart")
+    p.add_argument("--out", required=True, help="output JSON-lines file (resumed if it exists)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16, help="rows (prompt, sample) per forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-seed", type=int, default=0, help="seed of the IMDB prefix lengths and --subsample")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--subsample", type=int, default=None,
+                   help="use a random subset of N prompts (seeded by --prompt-seed, in their order)")
+    p.add_argument("--single-turn", action="store_true", help="keep single-turn dialogues only (HH evaluation)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="Best-of-N: sample N per prompt into OUT.candidates.jsonl, keep the best by --reward in OUT")
+    p.add_argument("--reward", default=None, help="reward for --best-of (see dpo/rewards.py: reward_model:DIR, ...)")
+    return p
+
+
+def check_args(args):
+    def need(ok, msg):
+        if not ok:
+            raise SampleError(msg)
+    need(args.num_samples >= 1, f"--num-samples must be >= 1, got {args.num_samples}")
+    need(args.temperature >= 0, f"--temperature must be >= 0, got {args.temperature}")
+    need(args.top_k is None or args.top_k >= 1, f"--top-k must be >= 1, got {args.top_k}")
+    need(args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")
+    need(args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    need(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    need(args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}")
+    need(args.subsample is None or args.subsample >= 1, f"--subsample must be >= 1, got {args.subsample}")
+    need((args.best_of is None) == (args.reward is None), "--best-of and --reward go together")
+    need(args.best_of is None or args.best_of >= 1, f"--best-of must be >= 1, got {args.best_of}")
+    need(args.best_of is None or args.num_samples == 1,
+         "--best-of N samples N per prompt itself; leave --num-samples at 1")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    started_group = False
+    try:
+        check_args(args)
+        device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+        if world_size > 1:
+            import torch.distributed as dist
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+            started_group = True
+        model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, device, pick_dtype(args.dtype, device))
+        prompts, counts = load_prompts(args.prompts, tokenizer, prompt_seed=args.prompt_seed,
+                                       single_turn=args.single_turn, limit=args.limit, subsample=args.subsample)
+        if args.max_new_tokens >= model.config.max_seq_len:
+            raise SampleError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
+                              f"model's max_seq_len {model.config.max_seq_len}")
+        room = model.config.max_seq_len - args.max_new_tokens
+        kept = [p for p in prompts if 0 < len(p["prompt_input_ids"]) <= room]
+        if len(kept) < len(prompts):
+            counts[f"prompts empty or longer than {room} tokens (max_seq_len - max_new_tokens)"] += \
+                len(prompts) - len(kept)
+            prompts = kept
+        if rank == 0:
+            left_out = "; left out: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else ""
+            print(f"{args.prompts}: {len(prompts)} prompts{left_out}", file=sys.stderr)
+        if not prompts:
+            raise SampleError(f"{args.prompts}: no prompts left to sample")
+        out = Path(args.out)
+        n = args.best_of or args.num_samples
+        samples_out = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl") if args.best_of else out
+        settings = {"model": args.model, "temperature": args.temperature, "top_k": args.top_k,
+                    "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+        result = run_sampling(model, tokenizer, prompts, samples_out, n=n, batch_size=args.batch_size,
+                              settings=settings, rank=rank, world_size=world_size, device=device)
+        if started_group:
+            import torch.distributed as dist
+            dist.barrier()
+        if rank == 0:
+            total = merge(samples_out, prompts)
+            print(f"{samples_out}: {total} samples ({result['done_before']} of rank 0's were already there, "
+                  f"{result['sampled']} sampled now)", file=sys.stderr)
+            if args.best_of:
+                from dpo import best_of_n, rewards
+                del model
+                scorer = rewards.load_scorer(args.reward, device=device)
+                kept = best_of_n.select_file(samples_out, out, scorer, n=args.best_of)
+                print(f"{out}: best of {args.best_of} by {args.reward} for {kept} prompts", file=sys.stderr)
+    except (SampleError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if started_group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
