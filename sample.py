@@ -53,7 +53,7 @@ from dpo import data
 from dpo.batching import collate_prompts, pad_id_for
 from dpo.data import DataError
 from dpo.evaluate import read_samples, resolve_model_dir, write_lines_atomic
-from dpo.model import GPT, KVCache
+from dpo.model import GPT
 
 SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed")  # must match to resume
 DATASETS = ("imdb", "tldr", "hh", "quickstart")
@@ -162,93 +162,6 @@ def row_uniforms(seeds: list[int], n_steps: int) -> torch.Tensor:
                         for s in seeds]) if seeds else torch.zeros(0, n_steps, dtype=torch.float64)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """logits [B, V] / temperature, with every token outside top-k and then outside the top-p nucleus set
-    to -inf. The rules of dpo.model.sample_token: top_k keeps the k largest (ties with the k-th too); top_p
-    keeps the most likely tokens until their mass reaches top_p (the most likely one always)."""
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def sample_from_uniforms(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0,
-                         top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """One token per row of logits [B, V] by the inverse CDF of u [B] in [0, 1) → [B] long.
-
-    token = the first v with cdf[v] > u · cdf[V−1], cdf the float64 running sum of the filtered
-    probabilities; tokens of probability 0 are never picked (their cdf step is empty)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    cdf = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1).double().cumsum(dim=-1)
-    total = cdf[:, -1:]
-    # u · total can round up to total; kept strictly below it, the search never runs past the last token
-    # that has probability
-    target = torch.minimum(u.to(cdf.device, torch.float64)[:, None] * total,
-                           torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True).squeeze(1)
-
-
-def attention_backends():
-    """SDPA without the cuDNN backend: torch picks cuDNN for masked attention on recent GPUs and builds a
-    plan for every new key length, and decoding meets a new length at every step (~40 ms each on an H100,
-    far more than the step itself)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-@torch.no_grad()
-def generate(model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             eos_ids=(), pad_id: int = 0, uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Continue left-padded prompts input_ids [B, T] with the KV cache.
-
-    uniforms: [B, >= max_new_tokens] per-row draws (needed when temperature > 0). Returns
-    (new tokens [B, n] with pad_id after a row's EOS, n <= max_new_tokens; finished [B] bool: ended on EOS)."""
-    B, T = input_ids.shape
-    if T + max_new_tokens > model.config.max_seq_len:
-        raise SampleError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's "
-                          f"max_seq_len {model.config.max_seq_len}")
-    if temperature > 0 and (uniforms is None or uniforms.shape[1] < max_new_tokens):
-        raise ValueError("sampling with temperature > 0 needs uniforms [B, max_new_tokens]")
-    device = input_ids.device
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    cache = KVCache.empty(model.config, B, T + max_new_tokens, device, model.wte.weight.dtype)
-    mask = attention_mask.to(input_ids.dtype)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens = []
-    was_training = model.training
-    model.eval()
-    try:
-        with attention_backends():
-            # the prompt's last position is the only one whose logits are needed
-            logits = model.lm_head(model(input_ids, mask, kv_cache=cache, return_hidden=True)[:, -1])
-        for step in range(max_new_tokens):
-            u = uniforms[:, step] if temperature > 0 else None
-            token = sample_from_uniforms(logits, u, temperature, top_k, top_p).masked_fill(done, pad_id)
-            tokens.append(token)
-            done = done | torch.isin(token, eos)
-            # bool(done.all()) waits for the GPU; on CUDA ask every 8 steps so the CPU can queue ahead
-            # (rows that have ended only get pads meanwhile)
-            if step == max_new_tokens - 1 or ((device.type == "cpu" or step % 8 == 7) and bool(done.all())):
-                break
-            mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-            with attention_backends():
-                logits = model(token[:, None], mask, kv_cache=cache)[:, -1]
-    finally:
-        model.train(was_training)
-    out = torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros(B, 0)
-    return out, done
-
-
 # --------------------------------------------------------------------------------------------------
 # Output files: resumable appends per rank, one atomic merge
 
@@ -310,13 +223,14 @@ def sample_batch(model: GPT, tokenizer, prompts: list[dict], batch: list[tuple[i
     if settings["temperature"] > 0:
         seeds = [row_seed(settings["seed"], prompts[i]["prompt_id"], s) for i, s in batch]
         uniforms = row_uniforms(seeds, settings["max_new_tokens"]).to(device)
-    new, finished = generate(model, collated["input_ids"].to(device), collated["attention_mask"].to(device),
-                             max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                             top_k=settings["top_k"], top_p=settings["top_p"], eos_ids=eos_ids, pad_id=pad_id,
-                             uniforms=uniforms)
+    input_ids = collated["input_ids"].to(device)
+    out = model.generate(input_ids, collated["attention_mask"].to(device), settings["max_new_tokens"],
+                         settings["temperature"], settings["top_k"], settings["top_p"], eos_id=sorted(eos_ids),
+                         pad_id=pad_id, uniforms=uniforms)
     rows = []
-    for (i, s), ids, ended in zip(batch, new.tolist(), finished.tolist()):
+    for (i, s), ids in zip(batch, out[:, input_ids.shape[1]:].tolist()):
         cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+        ended = cut is not None
         generated = ids[:cut + 1] if ended else ids
         text_ids = ids[:cut] if ended else ids
         p = prompts[i]

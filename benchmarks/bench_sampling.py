@@ -5,7 +5,7 @@ A script that prints figures, not a test.
     python benchmarks/bench_sampling.py                                    # CPU, small: ~30 s on 2 cores
     python benchmarks/bench_sampling.py --device cuda --batch-size 32 --prompt-len 128 --new-tokens 128 --dtype bfloat16
 
-Both paths draw each token from the same per-row uniforms (sample.sample_from_uniforms, T = 1), so they
+Both paths draw each token from the same per-row uniforms (dpo.model.sample_token, T = 1), so they
 should produce the same tokens; the script reports whether they did (float rounding differs between a
 cached and a recomputed forward, so a rare early divergence on a near-tie is possible, not a bug).
 tokens/s counts generated tokens (batch × new tokens) over wall-clock time, prefill included; no EOS
@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import sample  # noqa: E402
-from dpo.model import GPT, GPTConfig  # noqa: E402
+from dpo.model import GPT, GPTConfig, attention_backends, sample_token  # noqa: E402
 
 
 @torch.no_grad()
@@ -31,17 +30,17 @@ def generate_without_cache(model, input_ids, max_new_tokens, uniforms):
     token; the output projection only at the last position, as nanoGPT does at inference."""
     seq = input_ids
     for step in range(max_new_tokens):
-        with sample.attention_backends():  # the same attention kernels as the cached path
+        with attention_backends():  # the same attention kernels as the cached path
             logits = model.lm_head(model(seq, return_hidden=True)[:, -1])
-        token = sample.sample_from_uniforms(logits, uniforms[:, step], 1.0)
+        token = sample_token(logits, 1.0, uniforms=uniforms[:, step])
         seq = torch.cat([seq, token[:, None]], dim=1)
     return seq[:, input_ids.shape[1]:]
 
 
 def with_cache(model, input_ids, max_new_tokens, uniforms):
-    new, _ = sample.generate(model, input_ids, torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                             temperature=1.0, eos_ids=(), uniforms=uniforms)
-    return new
+    out = model.generate(input_ids, torch.ones_like(input_ids), max_new_tokens, temperature=1.0, eos_id=[],
+                         uniforms=uniforms)
+    return out[:, input_ids.shape[1]:]
 
 
 def timed(fn, device, repeat):
