@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import sample  # noqa: E402
 from dpo.model import GPT, GPTConfig, attention_backends, sample_token  # noqa: E402
 
 
