@@ -31,7 +31,7 @@ def generate_without_cache(model, input_ids, max_new_tokens, uniforms):
     token; the output projection only at the last position, as nanoGPT does at inference."""
     seq = input_ids
     for step in range(max_new_tokens):
-        with attention_backends():  # the same attention kernels as the cached path
+        with attention_backends(seq.device):  # the same attention kernels as the cached path
             logits = model.lm_head(model(seq, return_hidden=True)[:, -1])
         token = sample_token(logits, 1.0, uniforms=uniforms[:, step])
         seq = torch.cat([seq, token[:, None]], dim=1)

@@ -14,6 +14,7 @@ D head_dim, V vocab. Padding: `attention_mask [B, S]` (1 = token, 0 = pad) masks
 positions are counted over real tokens only (cumsum(mask) - 1), so a left-padded prompt sees the same
 positions as an unpadded one, as Hugging Face `generate` does.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -337,7 +338,7 @@ class GPT(nn.Module):
         self.eval()
         try:
             out, done = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-            with attention_backends():  # only the prompt's last position needs logits
+            with attention_backends(input_ids.device):  # only the prompt's last position needs logits
                 logits = self.lm_head(self(input_ids, mask, kv_cache=cache, return_hidden=True)[:, -1])
             for step in range(max_new_tokens):
                 u = uniforms[:, step] if uniforms is not None else None
@@ -351,7 +352,7 @@ class GPT(nn.Module):
                 if step == max_new_tokens - 1 or ((on_cpu or step % 8 == 7) and bool(done.all())):
                     break
                 mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-                with attention_backends():
+                with attention_backends(input_ids.device):
                     logits = self(token[:, None], mask, kv_cache=cache)[:, -1]
         finally:
             self.train(was_training)
@@ -427,9 +428,11 @@ def sample_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None
     return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
-def attention_backends():
-    """SDPA without the cuDNN backend: torch picks cuDNN for masked attention on recent GPUs and builds a
-    plan for every new key length, and decoding meets a new length at every step (~40 ms each on an H100,
-    far more than the step itself)."""
+def attention_backends(device: torch.device | None = None):
+    """On CUDA, SDPA without the cuDNN backend: torch picks cuDNN for masked attention on recent GPUs and
+    builds a plan for every new key length, and decoding meets a new length at every step (~40 ms each on
+    an H100, far more than the step itself). Elsewhere nothing changes (the context itself costs time)."""
+    if device is not None and device.type != "cuda":
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
