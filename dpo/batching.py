@@ -307,7 +307,7 @@ class BatchSchedule:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in [0, {world_size})")
         if global_batch_size < 1 or (max_examples <= 0 and epochs < 1):
-            raise DataError(f"need global_batch_size >= 1 and epochs >= 1 or max_examples > 0")
+            raise DataError("need global_batch_size >= 1 and epochs >= 1 or max_examples > 0")
         self.n_examples, self.global_batch_size = n_examples, global_batch_size
         self.micro_batch_size = micro_batch_size
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle

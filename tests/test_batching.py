@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from dpo import batching, data
 from dpo.batching import IGNORE_INDEX, BatchSchedule

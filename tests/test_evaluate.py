@@ -12,23 +12,9 @@ from dpo import evaluate as E
 from dpo import quickstart
 from dpo.kl import sequence_kl
 from dpo.model import GPT, GPTConfig
-from dpo.tokenizer import Tokenizer, bytes_to_unicode
+from helpers import byte_tokenizer
 
 EOS = 256
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def byte_tokenizer() -> Tokenizer:
-    b2u = bytes_to_unicode()
-    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS},
-                              eos_token="<|endoftext|>")
 
 
 def save_tiny(path: Path, seed: int) -> Path:

@@ -3,7 +3,6 @@
 Test files are written by a small test-only GGUF writer below (quantising as llama.cpp's reference code
 does, and permuting q/k rows as llama.cpp's convert_hf_to_gguf.py does), so no download is needed."""
 import json
-import random
 import struct
 from pathlib import Path
 

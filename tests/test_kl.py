@@ -11,14 +11,6 @@ from dpo.model import GPT, GPTConfig
 V = 11
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(seed: int) -> GPT:
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=8, max_seq_len=32, eos_id=V - 1))

@@ -8,23 +8,10 @@ import torch
 
 from dpo import reward_model as rm
 from dpo.model import GPT, GPTConfig
-from dpo.tokenizer import Tokenizer, bytes_to_unicode
+from dpo.tokenizer import Tokenizer
+from helpers import byte_tokenizer
 
 EOS = 256
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def byte_tokenizer() -> Tokenizer:
-    b2u = bytes_to_unicode()
-    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS},
-                              eos_token="<|endoftext|>")
 
 
 def backbone(family: str = "gpt2", seed: int = 0) -> GPT:

@@ -10,25 +10,11 @@ import torch
 from dpo import rewards
 from dpo import reward_model as rm
 from dpo.model import GPT, GPTConfig
-from dpo.tokenizer import Tokenizer, bytes_to_unicode
+from helpers import byte_tokenizer
 
 EOS = 256
 PROMPTS = ["The film", "I watched it and", "Plot:", "The film"]
 COMPLETIONS = [" was great.", " hated every minute of it", " meh", ""]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def byte_tokenizer() -> Tokenizer:
-    b2u = bytes_to_unicode()
-    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS},
-                              eos_token="<|endoftext|>")
 
 
 def saved_reward_model(path, n_outputs: int, seed: int = 0) -> rm.RewardModel:

@@ -13,17 +13,11 @@ import torch
 import sample
 from dpo.batching import collate_prompts
 from dpo.model import GPT, GPTConfig, filter_logits, sample_token
-from dpo.tokenizer import Tokenizer, bytes_to_unicode
+from dpo.tokenizer import Tokenizer
+from helpers import byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 256
-
-
-def byte_tokenizer() -> Tokenizer:
-    """256 byte tokens + <|endoftext|> (id 256), no merges: a real byte-level BPE, instant to build."""
-    b2u = bytes_to_unicode()
-    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS},
-                              eos_token="<|endoftext|>")
 
 
 def tiny_model(seed: int = 0, embed_std: float = 0.3) -> GPT:
@@ -33,15 +27,6 @@ def tiny_model(seed: int = 0, embed_std: float = 0.3) -> GPT:
     with torch.no_grad():
         model.wte.weight.normal_(0, embed_std)
     return model.eval()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
