@@ -1,6 +1,6 @@
 """The IMDB experiment's pieces: pair construction (4 samples -> 6 ordered pairs, ties dropped and counted),
 the sweep, resumable files, review windows, the notebook executed headless on a small results file, and a
-smoke run of the driver's stages on a toy aclImdb folder (tiny models, the quickstart reward)."""
+smoke run of the driver's stages on a toy aclImdb folder (tiny models, a random classifier as reward)."""
 import json
 import os
 import random
@@ -98,6 +98,10 @@ def test_the_paper_sweep_in_the_shipped_configs():
         assert [r["value"] for r in runs if r["method"] == "unlikelihood"] == [0.05, 0.1, 0.5, 1]
         assert [r["name"] for r in runs if r["method"] == "preferred_ft"] == ["preferred_ft"]
         assert x.samples_per_prefix == 4 and x.max_new_tokens == 60 and x.temperature == 1.0
+    x = common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / "mini.yaml", ["out_dir=/x/y"])
+    assert imdb.expand(x, x.classifier_overrides) == ["model.name=/x/y/sft/final"]
+    with pytest.raises(common.ExperimentError, match="key=value"):
+        imdb.expand(x, ["model.name"])
     with pytest.raises(ValueError, match="unknown key 'sample_size'"):
         common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / "mini.yaml", ["sample_size=3"])
 
@@ -179,7 +183,7 @@ def test_notebook_executes_headless_and_writes_the_png(tmp_path, monkeypatch):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     assert figure.with_suffix(".csv").read_text() == results.read_text()
     table = figure.with_suffix(".md").read_text().splitlines()
-    assert table[2] == "| sft | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
+    assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
     assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
     assert len(table) == 2 + 1 + 4
 
@@ -201,6 +205,25 @@ def toy_imdb(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
     return root
 
 
+def toy_classifier(root: Path, imdb: Path) -> Path:
+    """A random classifier (dpo.reward_model, random head) with its own tokenizer: p(positive) varies
+    smoothly with the text, so samples of even an untrained model are rarely tied."""
+    import torch
+    from dpo.model import GPT, GPTConfig
+    from dpo.reward_model import RewardModel
+    from dpo.tokenizer import Tokenizer, train_sentencepiece
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["text"] for r in data.read_imdb(imdb, "train")))
+    train_sentencepiece([corpus], root / "clf_sp", 300)
+    tokenizer = Tokenizer.from_pretrained(root / "clf_sp.model")
+    torch.manual_seed(0)
+    model = RewardModel(GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16,
+                                      max_seq_len=64, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id)), 2)
+    torch.nn.init.normal_(model.score.weight, std=3.0)
+    model.save_pretrained(root / "classifier", tokenizer)
+    return root / "classifier"
+
+
 def write_toy_configs(tmp_path: Path) -> Path:
     (tmp_path / "sft.yaml").write_text("""
 model: {name: "", tokenizer_vocab_size: 300, n_layer: 1, n_head: 2, n_embd: 32, max_seq_len: 64}
@@ -217,13 +240,15 @@ train: {epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimiz
         warmup_steps: 0, save_every: 1, log_every: 100, device: cpu}
 wandb: {mode: disabled}
 """)
+    imdb = toy_imdb(tmp_path / "aclImdb")
     (tmp_path / "experiment.yaml").write_text(f"""
 out_dir: {tmp_path / 'out'}
-imdb_path: {toy_imdb(tmp_path / 'aclImdb')}
+imdb_path: {imdb}
 device: cpu
-window_words: 0
+window_words: 12
+window_reviews: 20
 sft_config: {tmp_path / 'sft.yaml'}
-reward: quickstart
+reward: classifier:{toy_classifier(tmp_path, imdb)}
 train_prefixes: 0
 pair_eval_prefixes: 4
 samples_per_prefix: 4
@@ -248,9 +273,19 @@ def driver(config: Path, stages: str, *extra) -> subprocess.CompletedProcess:
 
 def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     config = write_toy_configs(tmp_path)
-    proc = driver(config, "prepare,sft,classifier,sample,label,train,evaluate")
+    proc = driver(config, "prepare,sft,classifier,sample,label")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
+    windows = data.read_imdb(out / "data" / "aclImdb-windows", "train")  # 20 reviews of ~30 words: 2-3 each
+    assert len({(w["polarity"], w["id"] // 1000) for w in windows}) == 20 and 40 <= len(windows) <= 60
+    assert all(len(w["text"].split()) >= 6 for w in windows)
+    # one run evaluated as it trains, its checkpoints deleted once evaluated (the paper-scale setting)
+    proc = driver(config, "train", "--runs", "preferred_ft", "evaluate_during_training=true", "prune_checkpoints=true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert list((out / "runs" / "preferred_ft" / "checkpoints").glob("step-*")) == []
+    assert (out / "runs" / "preferred_ft" / "final" / "config.json").is_file()
+    proc = driver(config, "train,evaluate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     prompts = common.read_jsonl(out / "prompts" / "train.jsonl")
     assert len(prompts) == 24 and sum(p["split"] == "eval" for p in prompts) == 4
     assert len(common.read_jsonl(out / "samples" / "train.jsonl")) == 24 * 4

@@ -67,9 +67,12 @@ class ImdbExperiment:
     launcher: str = ""                  # prefix of train.py / sample.py runs ("" = this Python), e.g. torchrun ...
     threads: int = 0                    # CPU threads per process (OMP_NUM_THREADS); 0 = torch's default
     window_words: int = 0               # > 0: SFT and classifier train on review windows of this many words
+    window_reviews: int = 0             # windows of this many train reviews (seeded subset; half as many test); 0 = all
     sft_config: str = "configs/imdb/sft.yaml"
+    sft_overrides: list = field(default_factory=list)         # extra train.py key=value ({out_dir} expands)
     reward: str = "hf:siebert/sentiment-roberta-large-english"  # "classifier" (ours) or a dpo.rewards spec
     classifier_config: str = "configs/imdb/classifier.yaml"
+    classifier_overrides: list = field(default_factory=list)  # e.g. [model.name={out_dir}/sft/final]
     reward_batch_size: int = 64
     train_prefixes: int = 25000         # train reviews whose prefixes are sampled (0 = all)
     pair_eval_prefixes: int = 500       # of those, held out: their pairs are train.py's evaluation set
@@ -81,6 +84,7 @@ class ImdbExperiment:
     sample_batch_size: int = 64
     tie_tolerance: float = 0.0          # |r_i − r_j| <= this is a tie (pair dropped and counted)
     train_config: str = "configs/imdb/dpo.yaml"
+    train_overrides: list = field(default_factory=list)       # for every run of the sweep
     methods: dict = field(default_factory=dict)  # {method: {overrides: [k=v], param: key, values: [...]}}
     eval_prefixes: int = 1000           # test reviews whose prefixes evaluate each checkpoint
     eval_batch_size: int = 64
@@ -102,6 +106,13 @@ def paths(x: ImdbExperiment) -> dict:
         "pairs_summary": out / "pairs" / "summary.json", "runs": out / "runs", "eval_samples": out / "eval_samples",
         "results": out / "results.jsonl", "results_csv": out / "results.csv",
     }
+
+
+def expand(x: ImdbExperiment, overrides: list) -> list[str]:
+    """Extra train.py overrides of the experiment config, with {out_dir} replaced."""
+    if not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise ExperimentError(f"overrides must be a list of key=value strings, got {overrides!r}")
+    return [o.replace("{out_dir}", str(x.out_dir)) for o in overrides]
 
 
 def sft_data_path(x: ImdbExperiment) -> Path:
@@ -139,7 +150,8 @@ def review_windows(text: str, words: int) -> list[str]:
 
 
 def stage_prepare(x: ImdbExperiment) -> None:
-    """aclImdb-layout folder of review windows (train and test): <review id · 1000 + window>_<rating>.txt."""
+    """aclImdb-layout folder of review windows (train and test, of `window_reviews` seeded-random reviews):
+    <review id · 1000 + window>_<rating>.txt."""
     out = paths(x)["windows"]
     if x.window_words <= 0:
         print("prepare: window_words = 0, SFT and classifier read whole reviews from imdb_path")
@@ -150,8 +162,9 @@ def stage_prepare(x: ImdbExperiment) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     counts = Counter()
-    for split in ("train", "test"):
-        for review in data.read_imdb(x.imdb_path, split):
+    for split, n in (("train", x.window_reviews), ("test", x.window_reviews // 2)):
+        reviews = data.read_imdb(x.imdb_path, split)
+        for review in (reviews[i] for i in seeded_subset(len(reviews), n, x.seed)):
             windows = review_windows(review["text"], x.window_words)
             if len(windows) >= 1000:
                 raise ExperimentError(f"{review['source']}: more than 999 windows of {x.window_words} words")
@@ -170,8 +183,8 @@ def stage_prepare(x: ImdbExperiment) -> None:
 
 def stage_sft(x: ImdbExperiment) -> None:
     data_path = require(sft_data_path(x), "prepare" if x.window_words > 0 else "download (python -m dpo.data download imdb)")
-    run_train(x.sft_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['sft']}"],
-              run_dir=paths(x)["sft"], launcher=x.launcher)
+    run_train(x.sft_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['sft']}",
+                             *expand(x, x.sft_overrides)], run_dir=paths(x)["sft"], launcher=x.launcher)
 
 
 def stage_classifier(x: ImdbExperiment) -> None:
@@ -179,7 +192,8 @@ def stage_classifier(x: ImdbExperiment) -> None:
         print(f"classifier: not needed, the reward is {x.reward}")
         return
     data_path = require(sft_data_path(x), "prepare")
-    run_train(x.classifier_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['classifier']}"],
+    run_train(x.classifier_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['classifier']}",
+                                    *expand(x, x.classifier_overrides)],
               run_dir=paths(x)["classifier"], launcher=x.launcher)
 
 
@@ -285,9 +299,12 @@ def stage_label(x: ImdbExperiment) -> None:
     for split, out in (("train", p["pairs_train"]), ("eval", p["pairs_eval"])):
         groups = pairs_lib.group_samples(r for r in samples if split_of[r["prompt_id"]] == split)
         split_pairs, counts = pairs_lib.build_pairs(groups, tie_tolerance=x.tie_tolerance)
+        print(f"pairs {split} -> {out}\n{pairs_lib.format_pair_counts(counts)}")
+        if not split_pairs and (split == "train" or x.pair_eval_prefixes):
+            raise ExperimentError(f"label: no {split} pairs: every pair of samples was tied or empty (reward "
+                                  f"{reward_spec(x)} gives {len({r['reward'] for r in samples})} distinct values)")
         write_jsonl(out, split_pairs)
         summary[split] = dict(counts)
-        print(f"pairs {split} -> {out}\n{pairs_lib.format_pair_counts(counts)}")
     write_text(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
 
 
@@ -315,7 +332,8 @@ def stage_train(x: ImdbExperiment, only=None) -> None:
     for run in sweep(x, only):
         run_dir = p["runs"] / run["name"]
         overrides = [f"model.name={sft}", f"data.path={p['pairs_train']}", f"data.eval_path={p['pairs_eval']}",
-                     f"train.out_dir={run_dir}", f"wandb.name=imdb-{run['name']}", *run["overrides"]]
+                     f"train.out_dir={run_dir}", f"wandb.name=imdb-{run['name']}", *expand(x, x.train_overrides),
+                     *run["overrides"]]
         poll = (lambda name=run["name"]: evaluate(checkpoints_to_evaluate(x, [name], sft=False))) if evaluate else None
         run_train(x.train_config, overrides, run_dir=run_dir, launcher=x.launcher, while_running=poll)
         if poll:
@@ -513,6 +531,7 @@ def stage_plot(x: ImdbExperiment) -> None:
 # CLI
 
 def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
+    sweep(x, only)  # a bad sweep or --runs fails now, not after hours of earlier stages
     save_experiment(x, Path(x.out_dir) / "experiment.yaml")
     if x.threads > 0:  # this process and every train.py / sample.py it starts
         os.environ["OMP_NUM_THREADS"] = str(x.threads)
