@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -322,24 +323,27 @@ def unsharded_for_generation(model: nn.Module):
 
 @torch.no_grad()
 def sample(policy, reference, prompts: list[list[int]], tokenizer, config, ctx, step) -> list[dict]:
-    """Completions of the policy and the reference for this rank's prompts (temperature sampling)."""
+    """Completions of the policy and the reference for this rank's prompts (temperature sampling). Every
+    rank calls it, with or without prompts: under FSDP2 gathering the parameters is collective."""
     t = config.train
-    batch = batching.collate_prompts(prompts, batching.pad_id_for(tokenizer))
-    ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
     rows = [{"step": step, "prompt": tokenizer.decode(p)} for p in prompts]
     for name, model in (("policy", policy), ("reference", reference)):
         if model is None:
             continue
-        generator = torch.Generator(device=ctx.device).manual_seed(t.seed + step + ctx.rank)
-        gpt = distributed.unwrap(model)
         with unsharded_for_generation(model):
-            out = gpt.generate(ids, mask, max_new_tokens=t.sample_max_new_tokens, temperature=t.sample_temperature,
-                               eos_id=tokenizer.eos_id, pad_id=batching.pad_id_for(tokenizer), generator=generator)
+            if not prompts:
+                continue
+            batch = batching.collate_prompts(prompts, batching.pad_id_for(tokenizer))
+            ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
+            generator = torch.Generator(device=ctx.device).manual_seed(t.seed + step + ctx.rank)
+            out = distributed.unwrap(model).generate(
+                ids, mask, max_new_tokens=t.sample_max_new_tokens, temperature=t.sample_temperature,
+                eos_id=tokenizer.eos_id, pad_id=batching.pad_id_for(tokenizer), generator=generator)
         for row, new in zip(rows, out[:, ids.shape[1]:].tolist()):
             if tokenizer.eos_id in new:
                 new = new[:new.index(tokenizer.eos_id)]
             row[name] = tokenizer.decode(new)
-    if t.sample_reward:
+    if t.sample_reward and rows:
         for name in ("policy", "reference"):
             if name in rows[0]:
                 scores = REWARDS[t.sample_reward]([r["prompt"] for r in rows], [r[name] for r in rows])
@@ -482,7 +486,6 @@ def train(config: Config) -> dict:
                          "scheduler": scheduler.state_dict()}
         checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
 
-    final_metrics = {}
     for micro_batches in schedule:
         start = time.perf_counter()
         sums, tokens = {}, torch.zeros((), device=ctx.device)
@@ -539,12 +542,15 @@ def train(config: Config) -> dict:
     final_metrics = evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, eval_reference_logps)
     log.log(final_metrics, examples_seen)
     checkpoint_now()
-    final_dir = out_dir / "final"
-    if ctx.is_main and final_dir.exists():
-        import shutil
-        shutil.rmtree(final_dir)
+    final_dir, final_tmp = out_dir / "final", out_dir / "final.tmp"  # written aside, then renamed
+    if ctx.is_main:
+        shutil.rmtree(final_tmp, ignore_errors=True)
     distributed.barrier()
-    checkpoint.save_hf(policy, final_dir, ctx, tokenizer)
+    checkpoint.save_hf(policy, final_tmp, ctx, tokenizer)
+    if ctx.is_main:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(final_tmp, final_dir)
+    distributed.barrier()
     rewards = {}
     if t.sample_reward and sample_prompts:
         rewards = write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log,
@@ -572,15 +578,13 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
 
 def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir) -> dict:
     """Sample on every rank, gather, append to samples.jsonl and wandb; return the mean sample rewards."""
-    rows = sample(policy, reference, prompts, tokenizer, config, ctx, step) if prompts else []
-    import torch.distributed as dist
-    if dist.is_initialized():
+    rows = sample(policy, reference, prompts, tokenizer, config, ctx, step)
+    if torch.distributed.is_initialized():
         gathered = [None] * ctx.world_size
-        dist.all_gather_object(gathered, rows)
+        torch.distributed.all_gather_object(gathered, rows)
         rows = [r for part in gathered for r in part]
     if not ctx.is_main or not rows:
         return {}
-    import json
     with open(out_dir / "samples.jsonl", "a") as f:
         for row in rows:
             f.write(json.dumps({"examples": examples_seen, **row}) + "\n")

@@ -179,15 +179,16 @@ def torchrun(out_dir: Path, base_model: Path, *extra: str):
 def test_two_processes_equal_one(base_model, tmp_path, mode):
     """Same global batch (8 pairs: 1 process x 2 micro-batches of 4 vs 2 ranks x 1 of 4), 3 steps."""
     run(base_model, tmp_path / "one", "train.micro_batch_size=4")
-    # sampling on every rank mid-run (3 prompts: ranks get 2 and 1) must neither hang nor change training
+    # sampling mid-run must neither hang nor change training, also when a rank has no prompt (1 prompt:
+    # rank 1 has none, but under FSDP2 it must still join the parameter gathering)
     torchrun(tmp_path / mode, base_model, "train.micro_batch_size=4", f"train.parallel={mode}",
-             "train.sample_every=2", "train.sample_prompts=3", "train.sample_max_new_tokens=8")
+             "train.sample_every=2", "train.sample_prompts=1", "train.sample_max_new_tokens=8")
     assert_weights_close(final_weights(tmp_path / "one"), final_weights(tmp_path / mode), 1e-5)
     one, two = metrics_lines(tmp_path / "one"), metrics_lines(tmp_path / mode)
     assert [r["counters/examples"] for r in one] == [r["counters/examples"] for r in two]
     assert abs(one[-1]["loss/eval"] - two[-1]["loss/eval"]) < 1e-5
     samples = [json.loads(line) for line in (tmp_path / mode / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 and all("policy" in r and "reference" in r for r in samples)
+    assert len(samples) == 1 and all("policy" in r and "reference" in r for r in samples)
 
 
 def test_reference_cache_gives_the_same_run(base_model, tmp_path, capsys):
