@@ -565,8 +565,9 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
     """The end of a run in words: where the model is, and the numbers a newcomer should look at."""
     lines = [f"final model: {final_dir}", f"evaluation on {n_eval} held-out examples:"]
     lines += [f"  {k}: {v:.4f}" for k, v in sorted(final_metrics.items())]
-    if "rewards_eval/accuracies" in final_metrics:
-        lines.append(f"held-out preference accuracy of the implicit reward: "
+    if "rewards_eval/accuracies" in final_metrics:  # DPO's implicit reward β·log(π/π_ref), or a reward model's
+        which = "the implicit reward" if "logps_eval/chosen" in final_metrics else "the reward model"
+        lines.append(f"held-out preference accuracy of {which}: "
                      f"{final_metrics['rewards_eval/accuracies']:.1%} (chance: 50%)")
     if "samples/reward_policy" in rewards:
         before = rewards.get("samples/reward_reference")

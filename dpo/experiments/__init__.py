@@ -5,4 +5,5 @@
 pairs.py    k scored samples per prompt -> all ordered preference pairs (IMDB, TL;DR miniature)
 common.py   experiment configs, JSON lines I/O, launching train.py, checkpoint listing, result tables
 imdb.py     the IMDB controlled-sentiment frontier (Figure 2, left)
+tldr.py     TL;DR summarization and Anthropic HH win rates (Figure 2 right, Figure 3)
 """
