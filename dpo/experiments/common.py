@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,28 @@ def expand_sweep(methods: dict, where: str = "methods") -> list[dict]:
     if len(set(names)) != len(names):
         raise ExperimentError(f"{where}: two runs share a name ({', '.join(sorted(names))})")
     return runs
+
+
+def require(path: Path, stage: str) -> Path:
+    """`path`, which an earlier stage writes; a clear error naming that stage when it is missing."""
+    if not path.exists():
+        raise ExperimentError(f"{path}: missing; run the {stage} stage first")
+    return path
+
+
+def parse_stages(text: str, stages: tuple) -> list[str]:
+    """--stage: "all" or a comma-separated list of `stages` -> the list, in the order given."""
+    if text == "all":
+        return list(stages)
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in stages]
+    if bad or not chosen:
+        raise ExperimentError(f"--stage: unknown stage(s) {', '.join(bad) or '(none)'}; expected all or a "
+                              f"comma-separated list of {', '.join(stages)}")
+    return chosen
+
+
+def jupyter_execute() -> str | None:
+    """The jupyter-execute command beside this Python (the venv's), else on PATH; None when absent."""
+    beside = Path(sys.executable).with_name("jupyter-execute")
+    return str(beside) if beside.is_file() else shutil.which("jupyter-execute")

@@ -45,7 +45,7 @@ import torch
 from dpo import data
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, expand_sweep, list_checkpoints, load_experiment, read_jsonl, run_train,
+    ExperimentError, jupyter_execute, parse_stages, require, append_jsonl, expand_sweep, list_checkpoints, load_experiment, read_jsonl, run_train,
     save_experiment, train_done, write_csv, write_jsonl, write_text,
 )
 
@@ -127,12 +127,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def require(path: Path, stage: str) -> Path:
-    if not path.exists():
-        raise ExperimentError(f"{path}: missing; run the {stage} stage first")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -508,11 +502,6 @@ def format_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # plot
 
-def jupyter_execute() -> str | None:
-    beside = Path(sys.executable).with_name("jupyter-execute")
-    return str(beside) if beside.is_file() else shutil.which("jupyter-execute")
-
-
 def stage_plot(x: ImdbExperiment) -> None:
     """Execute the notebook headless on results.csv; it writes `figure` and the CSV beside it."""
     results = require(paths(x)["results_csv"], "evaluate")
@@ -546,17 +535,6 @@ def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
         print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
 
 
-def parse_stages(text: str) -> list[str]:
-    if text == "all":
-        return list(STAGES)
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ExperimentError(f"--stage: unknown stage(s) {', '.join(bad) or '(none)'}; expected all or a "
-                              f"comma-separated list of {', '.join(STAGES)}")
-    return stages
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.experiments.imdb", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -567,7 +545,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         x = load_experiment(ImdbExperiment, args.config, args.overrides)
-        run_stages(x, parse_stages(args.stage), [r for r in args.runs.split(",") if r] or None)
+        run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
     except (ExperimentError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -59,7 +59,7 @@ from pathlib import Path
 from dpo import data
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, expand_sweep, load_experiment, read_jsonl, run_train, save_experiment, train_done,
+    ExperimentError, jupyter_execute, parse_stages, require, append_jsonl, expand_sweep, load_experiment, read_jsonl, run_train, save_experiment, train_done,
     write_csv, write_jsonl, write_text,
 )
 
@@ -127,12 +127,6 @@ def paths(x: WinRateExperiment) -> dict:
         "judge_model": out / "judge_model", "runs": out / "runs", "generations": out / "generations",
         "verdicts": out / "verdicts", "results": out / "results.jsonl", "results_csv": out / "results.csv",
     }
-
-
-def require(path: Path, stage: str) -> Path:
-    if not path.exists():
-        raise ExperimentError(f"{path}: missing; run the {stage} stage first")
-    return path
 
 
 def check_experiment(x: WinRateExperiment) -> None:
@@ -628,11 +622,6 @@ def format_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # plot
 
-def jupyter_execute() -> str | None:
-    beside = Path(sys.executable).with_name("jupyter-execute")
-    return str(beside) if beside.is_file() else shutil.which("jupyter-execute")
-
-
 def stage_plot(x: WinRateExperiment) -> None:
     """Execute the notebook headless on results.csv; it writes `figure` and the CSV and table beside it."""
     results = require(paths(x)["results_csv"], "judge")
@@ -671,17 +660,6 @@ def run_stages(x: WinRateExperiment, stages: list[str], only=None) -> None:
         print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
 
 
-def parse_stages(text: str) -> list[str]:
-    if text == "all":
-        return list(STAGES)
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ExperimentError(f"--stage: unknown stage(s) {', '.join(bad) or '(none)'}; expected all or a "
-                              f"comma-separated list of {', '.join(STAGES)}")
-    return stages
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.experiments.tldr", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -695,7 +673,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         x = load_experiment(WinRateExperiment, args.config, args.overrides)
-        run_stages(x, parse_stages(args.stage), [r for r in args.runs.split(",") if r] or None)
+        run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
     except (ExperimentError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
