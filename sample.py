@@ -5,7 +5,7 @@
     python sample.py --model runs/tldr-dpo/final --prompts tldr:data/tldr:test --temperature 0 --out s.jsonl
     python sample.py --model gpt2 --prompts prompts.jsonl --num-samples 4 --top-p 0.9 --out s.jsonl
     torchrun --nproc_per_node=8 sample.py --model ... --prompts ... --out s.jsonl      # prompts split over ranks
-    python sample.py ... --best-of 128 --reward reward_model:runs/tldr-rm/final     # Best-of-N (dpo/best_of_n.py)
+    python sample.py ... --best-of 128 --reward reward_model:runs/tldr-rm/final     # Best-of-N (dpo/evaluate/best_of_n.py)
 
 Prompts (--prompts): a JSON-lines file with a "prompt" field per line (optional "prompt_id" or "id", and
 "reference" or "chosen" as the reference response for win rates), or a dataset split by name:
@@ -52,7 +52,7 @@ import torch
 from dpo import data
 from dpo.batching import collate_prompts, pad_id_for
 from dpo.data import DataError
-from dpo.evaluate import read_samples, resolve_model_dir, write_lines_atomic
+from dpo.evaluate.tables import read_samples, resolve_model_dir, write_lines_atomic
 from dpo.model import GPT
 
 SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed")  # must match to resume
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--best-of", type=int, default=None, metavar="N",
                    help="Best-of-N: sample N per prompt into OUT.candidates.jsonl, keep the best by --reward in OUT")
-    p.add_argument("--reward", default=None, help="reward for --best-of (see dpo/rewards.py: reward_model:DIR, ...)")
+    p.add_argument("--reward", default=None, help="reward for --best-of (see dpo/evaluate/rewards.py: reward_model:DIR, ...)")
     return p
 
 
@@ -396,7 +396,7 @@ def main(argv=None) -> int:
             print(f"{samples_out}: {total} samples ({result['done_before']} of rank 0's were already there, "
                   f"{result['sampled']} sampled now)", file=sys.stderr)
             if args.best_of:
-                from dpo import best_of_n, rewards
+                from dpo.evaluate import best_of_n, rewards
                 del model
                 scorer = rewards.load_scorer(args.reward, device=device)
                 kept = best_of_n.select_file(samples_out, out, scorer, n=args.best_of)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, hf_checkpoint, losses, quickstart, reference_cache, reward_model
+from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
+from dpo.interop import hf_checkpoint
 from dpo.config import Config, ConfigError, load_config, save_config
 from dpo.logprobs import chunked_token_logps, reduce_token_logps, response_mask, sequence_unlikelihood
 from dpo.model import GPT, GPTConfig
@@ -135,7 +136,7 @@ def resolve_model_dir(name: str) -> Path:
         return path
     if path.is_absolute() or name.startswith(".") or name.count("/") > 1:
         raise FileNotFoundError(f"{name}: no such checkpoint directory")
-    from dpo.hub import snapshot_download
+    from dpo.interop.hub import snapshot_download
     return snapshot_download(name)
 
 

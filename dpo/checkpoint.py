@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dpo.distributed import Dist, barrier, unwrap
-from dpo.hf_checkpoint import save_pretrained
+from dpo.interop.hf_checkpoint import save_pretrained
 from dpo.reward_model import RewardModel, save_reward_model
 
 

@@ -480,8 +480,8 @@ DOWNLOADS = {
 
 def download_dataset(name: str, out, base_url: str | None = None) -> list[Path]:
     """Fetch the published files of `name` (a key of DOWNLOADS) under `out`; files already complete are
-    kept, partial ones resumed. Raises dpo.download.DownloadError (e.g. offline) or DataError."""
-    from dpo.download import download
+    kept, partial ones resumed. Raises dpo.interop.download.DownloadError (e.g. offline) or DataError."""
+    from dpo.interop.download import download
 
     if name not in DOWNLOADS:
         raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DOWNLOADS)}")

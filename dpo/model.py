@@ -378,16 +378,16 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_dir, dtype=None, device="cpu") -> "GPT":
         """Load a Hugging Face checkpoint folder, or a hub name (downloaded into the cache first)."""
         from pathlib import Path
-        from dpo import hf_checkpoint
+        from dpo.interop import hf_checkpoint
         path = Path(name_or_dir)
         if not path.is_dir():
-            from dpo.hub import snapshot_download
+            from dpo.interop.hub import snapshot_download
             path = snapshot_download(str(name_or_dir))
         return hf_checkpoint.load_pretrained(path, dtype=dtype, device=device)
 
     def save_pretrained(self, directory, dtype=None) -> None:
         """Write config.json + model.safetensors in Hugging Face layout (transformers can load it)."""
-        from dpo import hf_checkpoint
+        from dpo.interop import hf_checkpoint
         hf_checkpoint.save_pretrained(self, directory, dtype=dtype)
 
 

@@ -8,7 +8,7 @@ Bradley–Terry reward model, saved in the Hugging Face *ForSequenceClassificati
                     p(y_w ≻ y_l | x) = σ(r(x, y_w) − r(x, y_l))  (Best-of-N, and an offline judge)
 
 Which token is read: the last real token of each row, found from attention_mask, so left and right
-padding both work. Inputs carry NO EOS (collate_* below and dpo.rewards build them so): the score is read
+padding both work. Inputs carry NO EOS (collate_* below and dpo.evaluate.rewards build them so): the score is read
 at the last token of the text. This is also what transformers does with a saved model when pad_token_id
 is set: it reads the last token that is not pad_token_id. For GPT-2, which has no pad token, we write
 pad_token_id = EOS (the usual choice), and a trailing EOS would then be taken for padding by transformers
@@ -17,7 +17,7 @@ but not by us; keeping EOS out of the inputs makes both read the same token.
 Files (Hugging Face layout, loadable by AutoModelForSequenceClassification): config.json with
 architectures ["GPT2ForSequenceClassification"] (or GPTNeoX-, GPTJ-, Llama-, Mistral-, Qwen2-), num_labels,
 id2label / label2id ({0: NEGATIVE, 1: POSITIVE} or {0: REWARD}), pad_token_id, and "dpo_reward_kind";
-model.safetensors with the backbone under transformers' names (dpo.hf_checkpoint) and the head as
+model.safetensors with the backbone under transformers' names (dpo.interop.hf_checkpoint) and the head as
 `score.weight` [n_outputs, C]. The backbone's output projection (lm_head) is not part of the model.
 """
 import json
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dpo import hf_checkpoint, safetensors
+from dpo.interop import hf_checkpoint, safetensors
 from dpo.model import GPT
 
 CLASSIFIER, BRADLEY_TERRY = "classifier", "bradley_terry"

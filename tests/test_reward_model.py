@@ -112,7 +112,7 @@ def test_save_load_round_trip(family, tmp_path):
     config = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert config["num_labels"] == 1 and config["dpo_reward_kind"] == "bradley_terry"
     assert config["architectures"][0].endswith("ForSequenceClassification") and config["pad_token_id"] == EOS
-    from dpo.safetensors import read_header
+    from dpo.interop.safetensors import read_header
     names = set(read_header(tmp_path / "rm" / "model.safetensors")[0]) - {"__metadata__"}
     assert "score.weight" in names and not any(n.startswith("lm_head") for n in names)
     loaded = rm.load_reward_model(tmp_path / "rm")

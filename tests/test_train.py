@@ -17,7 +17,7 @@ import train
 from dpo import losses, quickstart
 from dpo.config import load_config
 from dpo.model import GPT, GPTConfig
-from dpo.safetensors import load_file
+from dpo.interop.safetensors import load_file
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ class ImdbExperiment:
     window_reviews: int = 0             # windows of this many train reviews (seeded subset; half as many test); 0 = all
     sft_config: str = "configs/imdb/sft.yaml"
     sft_overrides: list = field(default_factory=list)         # extra train.py key=value ({out_dir} expands)
-    reward: str = "hf:siebert/sentiment-roberta-large-english"  # "classifier" (ours) or a dpo.rewards spec
+    reward: str = "hf:siebert/sentiment-roberta-large-english"  # "classifier" (ours) or a dpo.evaluate.rewards spec
     classifier_config: str = "configs/imdb/classifier.yaml"
     classifier_overrides: list = field(default_factory=list)  # e.g. [model.name={out_dir}/sft/final]
     reward_batch_size: int = 64
@@ -271,7 +271,7 @@ def score_rows(rows: list[dict], scorer, done: set, out: Path, batch_size: int, 
 
 
 def stage_label(x: ImdbExperiment) -> None:
-    from dpo import rewards
+    from dpo.evaluate import rewards
     p = paths(x)
     if p["pairs_summary"].is_file():
         print(f"skip: {p['pairs_summary']} exists")
@@ -371,8 +371,8 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     eos_fraction. Sample rows are in sample.py's format (plus reward and KLs), so `python -m dpo.evaluate
     reward FILE --reward ...` can score them again with another reward."""
     from dpo.batching import pad_id_for
-    from dpo.evaluate import mean_sem
-    from dpo.kl import sequence_kl
+    from dpo.evaluate.tables import mean_sem
+    from dpo.evaluate.kl import sequence_kl
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     completion_ids = generate_completions(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                                           temperature=temperature, batch_size=batch_size, seed=seed, device=device)
@@ -424,7 +424,7 @@ def prune(item: dict) -> None:
 def make_evaluator(x: ImdbExperiment):
     """evaluate(items) -> results rows of items not evaluated before (each appended to results.jsonl as
     soon as it is done). The reference (SFT) model, tokenizer, reward and test prompts load on first use."""
-    from dpo import rewards
+    from dpo.evaluate import rewards
     from dpo.model import GPT
     from dpo.tokenizer import Tokenizer
     p = paths(x)

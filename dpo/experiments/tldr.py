@@ -30,14 +30,14 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
     plot           jupyter-execute notebooks/tldr_winrate.ipynb on results.csv -> `figure` (PNG)
 
 The judges (`judges` entries {name, judge, against, task, url, model, workers}):
-    judge: llm            an OpenAI-compatible chat-completions endpoint (dpo/judge.py; the paper: GPT-4 with
+    judge: llm            an OpenAI-compatible chat-completions endpoint (dpo/evaluate/judge.py; the paper: GPT-4 with
                           the concise prompt, A/B order randomised). URL, model and key from the entry or from
                           DPO_JUDGE_URL, DPO_JUDGE_MODEL, DPO_JUDGE_API_KEY (or OPENAI_API_KEY).
     judge: judge_model    the driver's held-out Bradley–Terry judge (out_dir/judge_model): the higher reward wins
     judge: reward_model   the driver's Best-of-N reward model (biased in Best-of-N's favour: it picked those)
     judge: rouge          ROUGE-L F1 against the human reference: only meaningful with `against` another run
                           (against the reference itself the reference scores 1 and always wins)
-    judge: <reward spec>  any dpo.rewards spec (reward_model:DIR, classifier:DIR, hf:NAME)
+    judge: <reward spec>  any dpo.evaluate.rewards spec (reward_model:DIR, classifier:DIR, hf:NAME)
     against: reference    the human reference summary (TL;DR) or the chosen reply (HH), as in the paper
     against: RUN@T        that run's samples at temperature T (e.g. sft@0, the SFT model's greedy summaries)
 train.py runs as a subprocess and sample.py in this process, both under `launcher` (e.g. "torchrun
@@ -68,7 +68,7 @@ SAMPLE_PY = REPO / "sample.py"
 NOTEBOOK = REPO / "notebooks" / "tldr_winrate.ipynb"
 STAGES = ("download", "prepare", "sft", "pairs", "reward_models", "train", "generate", "judge", "plot")
 TASKS = ("tldr", "hh")
-JUDGE_TASK = {"tldr": "summary_concise", "hh": "dialogue"}  # dpo/judge.py prompts
+JUDGE_TASK = {"tldr": "summary_concise", "hh": "dialogue"}  # dpo/evaluate/judge.py prompts
 JUDGE_KEYS = ("name", "judge", "against", "task", "url", "model", "workers")
 RESULT_COLUMNS = ["judge", "judge_spec", "against", "run", "method", "temperature", "best_of", "n", "wins",
                   "losses", "ties", "unparseable", "errors", "missing_baseline", "win_rate", "ci_low", "ci_high",
@@ -393,7 +393,7 @@ def label_pairs(samples: list[dict], split_of: dict, tie_tolerance: float = 0.0)
     prompt (pairs.build_pairs: ties and empty samples dropped and counted). Returns ({split: pair rows},
     {split: counts}) for the splits of split_of {prompt_id: split}, in their first-seen order; each
     split's counts also hold "mean sample ROUGE-L"."""
-    from dpo.rewards import rouge_l
+    from dpo.evaluate.rewards import rouge_l
     by_split = {split: [] for split in dict.fromkeys(split_of.values())}
     for row in samples:
         if not row.get("reference"):
@@ -517,9 +517,9 @@ def stage_generate(x: WinRateExperiment, only=None) -> None:
 # judge: win rates
 
 def make_judge(x: WinRateExperiment, spec: dict):
-    """A judge function (dpo/judge.py interface) for one `judges` entry."""
-    from dpo import judge as judges
-    from dpo.rewards import load_scorer
+    """A judge function (dpo/evaluate/judge.py interface) for one `judges` entry."""
+    from dpo.evaluate import judge as judges
+    from dpo.evaluate.rewards import load_scorer
     p = paths(x)
     kind = spec["judge"]
     if kind == "llm":
@@ -543,7 +543,7 @@ def against_file(x: WinRateExperiment, against: str) -> str:
 def stage_judge(x: WinRateExperiment, only=None) -> list[dict]:
     """Every judge on every generations file; one results row per (judge, run, temperature), appended as
     soon as it is done (a rerun judges only what is missing; the LLM judge's answers are cached on disk)."""
-    from dpo.evaluate import winrate_table
+    from dpo.evaluate.tables import winrate_table
     p = paths(x)
     done = {(r["judge"], r["run"], r["temperature"]) for r in read_jsonl(p["results"], resumable=True)}
     for spec in x.judges:

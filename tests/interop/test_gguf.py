@@ -1,4 +1,4 @@
-"""dpo/gguf.py: the GGUF reader, dequantisation, the Llama -> Hugging Face mapping and the converter.
+"""dpo/interop/gguf.py: the GGUF reader, dequantisation, the Llama -> Hugging Face mapping and the converter.
 
 Test files are written by a small test-only GGUF writer below (quantising as llama.cpp's reference code
 does, and permuting q/k rows as llama.cpp's convert_hf_to_gguf.py does), so no download is needed."""
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpo import gguf
-from dpo.gguf import GGUFError, dequantize, load_gguf, read_gguf
+from dpo.interop import gguf
+from dpo.interop.gguf import GGUFError, dequantize, load_gguf, read_gguf
 
 # ----------------------------------------------------------------------------------------------------
 # A test-only GGUF writer
@@ -539,7 +539,7 @@ def test_converted_folder_gives_transformers_logits(tmp_path):
 
 
 def test_convert_bfloat16_writes_bf16_weights(tmp_path):
-    from dpo.safetensors import read_header
+    from dpo.interop.safetensors import read_header
     out = gguf.convert(llama_to_gguf(tiny_llama(), tmp_path / "t.gguf"), tmp_path / "hf", dtype=torch.bfloat16)
     header, _ = read_header(out / "model.safetensors")
     assert {v["dtype"] for v in header.values()} == {"BF16"}

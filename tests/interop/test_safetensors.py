@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dpo.safetensors import SafetensorsError, load_file, read_metadata, save_file
+from dpo.interop.safetensors import SafetensorsError, load_file, read_metadata, save_file
 
 st = pytest.importorskip("safetensors.torch")
 

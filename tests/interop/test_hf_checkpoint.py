@@ -1,4 +1,4 @@
-"""dpo/hf_checkpoint.py: Hugging Face layout in and out, checked against transformers itself."""
+"""dpo/interop/hf_checkpoint.py: Hugging Face layout in and out, checked against transformers itself."""
 import json
 import sys
 import types
@@ -9,8 +9,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 st = pytest.importorskip("safetensors.torch")
 
-from dpo import hf_checkpoint  # noqa: E402
-from dpo.hf_checkpoint import CheckpointError, config_from_hf, config_to_hf, load_pretrained  # noqa: E402
+from dpo.interop import hf_checkpoint  # noqa: E402
+from dpo.interop.hf_checkpoint import CheckpointError, config_from_hf, config_to_hf, load_pretrained  # noqa: E402
 from dpo.model import GPT, GPTConfig  # noqa: E402
 from helpers import randomize_  # noqa: E402
 
@@ -206,7 +206,7 @@ def test_from_pretrained_downloads_names_that_are_not_folders(tmp_path, monkeypa
     def snapshot_download(repo_id, revision="main", cache_dir=None, endpoint=None):
         calls.append(repo_id)
         return tmp_path / "snapshot"
-    monkeypatch.setitem(sys.modules, "dpo.hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.setitem(sys.modules, "dpo.interop.hub", types.SimpleNamespace(snapshot_download=snapshot_download))
     ours = GPT.from_pretrained("someone/tiny-gpt2")
     assert calls == ["someone/tiny-gpt2"]
     assert_same_logits(ours, hf)

@@ -4,7 +4,7 @@ baseline for TL;DR, with a reward model trained on the human comparisons).
     python sample.py --model SFT_DIR --prompts tldr:data/tldr:test --temperature 0.5 --best-of 128 \\
         --reward reward_model:runs/tldr-rm/final --out samples/best-of-128-t0.5.jsonl
     # or, from candidates already sampled (sample.py --n 128 --out candidates.jsonl):
-    python -m dpo.best_of_n --samples candidates.jsonl --reward reward_model:DIR --n 128 --out best.jsonl
+    python -m dpo.evaluate.best_of_n --samples candidates.jsonl --reward reward_model:DIR --n 128 --out best.jsonl
 
 Output rows are the chosen samples' rows plus "best_of" (N), "reward" (its score), "best_sample_index"
 (its index among the candidates), "candidate_rewards" (all N scores by sample_index, so best-of-k for any
@@ -44,7 +44,7 @@ def best_of_n(rows: list[dict], scorer, n: int | None = None) -> list[dict]:
 
 def select_file(candidates, out, scorer, n: int | None = None) -> int:
     """best_of_n over a samples file, written atomically to `out`. Returns the number of prompts."""
-    from dpo.evaluate import read_samples, write_lines_atomic
+    from dpo.evaluate.tables import read_samples, write_lines_atomic
     rows = read_samples(Path(candidates))
     if not rows:
         raise BestOfNError(f"{candidates}: no samples")
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="require exactly N candidates per prompt")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from dpo import rewards
+    from dpo.evaluate import rewards
     try:
         kept = select_file(args.samples, args.out, rewards.load_scorer(args.reward, device=args.device), args.n)
     except (ValueError, RuntimeError, OSError) as e:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dpo import judge as J
+from dpo.evaluate import judge as J
 from dpo.experiments import common, pairs, tldr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def lcs(a: list, b: list) -> int:
-    """Longest common subsequence by the textbook full table (independent of dpo.rewards.lcs_length)."""
+    """Longest common subsequence by the textbook full table (independent of dpo.evaluate.rewards.lcs_length)."""
     table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i, x in enumerate(a):
         for j, y in enumerate(b):

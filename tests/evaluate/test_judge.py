@@ -1,4 +1,4 @@
-"""dpo/judge.py against a stub OpenAI-compatible server on 127.0.0.1: A/B order seeded and recorded,
+"""dpo/evaluate/judge.py against a stub OpenAI-compatible server on 127.0.0.1: A/B order seeded and recorded,
 strict parsing, retries on 429/5xx, a cache that makes a rerun free, malformed answers counted."""
 import http.server
 import json
@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from dpo import judge as J
-from dpo.evaluate import summarize_verdicts
+from dpo.evaluate import judge as J
+from dpo.evaluate.tables import summarize_verdicts
 
 
 class StubHandler(http.server.BaseHTTPRequestHandler):

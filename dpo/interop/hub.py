@@ -7,9 +7,9 @@ We fetch what a causal LM needs (config.json, the weights, the tokenizer files) 
 
 and write a `.complete.json` marker last. A folder with that marker is a complete copy: later calls
 return it without touching the network, which is also all that offline mode (HF_HUB_OFFLINE=1 or
-DPO_OFFLINE=1) allows. Each file goes through dpo.download, which resumes a partial `.part` file.
+DPO_OFFLINE=1) allows. Each file goes through dpo.interop.download, which resumes a partial `.part` file.
 
-    python -m dpo.hub download HuggingFaceTB/SmolLM2-135M [--revision main] [--cache-dir DIR]
+    python -m dpo.interop.hub download HuggingFaceTB/SmolLM2-135M [--revision main] [--cache-dir DIR]
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from dpo.download import DownloadError, download
+from dpo.interop.download import DownloadError, download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMPLETE_MARKER = ".complete.json"
@@ -137,7 +137,7 @@ def _index_shards(index_path: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo.hub", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dpo.interop.hub", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="download a repository's model files and print the local folder")
     p.add_argument("repo_id")

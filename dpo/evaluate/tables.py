@@ -15,7 +15,7 @@ atomically.
 
 reward rows: file, model, step (from "step-N" in the model path, else null), temperature, top_k, top_p,
 best_of, n_samples, n_prompts, reward_mean, reward_sem, and with --reference-model: kl_exact_mean,
-kl_exact_sem, kl_sampled_mean, kl_sampled_sem (dpo/kl.py; the policy is each group's "model", or
+kl_exact_sem, kl_sampled_mean, kl_sampled_sem (dpo/evaluate/kl.py; the policy is each group's "model", or
 --policy-model), kl_valid (T = 1 without top-k/top-p: only then are they the sequence KL of π_θ),
 mean_completion_tokens, eos_fraction. (kl_valid is false for Best-of-N rows too: they are not draws from π_θ.)
 
@@ -111,13 +111,13 @@ def group_rows(path) -> list[tuple[dict, list[dict]]]:
 
 
 def resolve_model_dir(name) -> Path:
-    """A checkpoint folder, or a hub name ("gpt2", "EleutherAI/pythia-2.8b") fetched into the cache (dpo.hub)."""
+    """A checkpoint folder, or a hub name ("gpt2", "EleutherAI/pythia-2.8b") fetched into the cache (dpo.interop.hub)."""
     path = Path(name)
     if path.is_dir():
         return path
     if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
         raise SamplesFileError(f"{name}: not a checkpoint folder")
-    from dpo.hub import snapshot_download
+    from dpo.interop.hub import snapshot_download
     return snapshot_download(str(name))
 
 
@@ -172,9 +172,9 @@ def _token_ids(rows: list[dict], tokenizer) -> tuple[list[list[int]], list[list[
 
 
 def group_kl(rows: list[dict], policy, reference, tokenizer, *, device="cpu", batch_size: int = 8) -> dict:
-    """Per-sample KL estimates (dpo.kl.sequence_kl) of one group's rows."""
+    """Per-sample KL estimates (dpo.evaluate.kl.sequence_kl) of one group's rows."""
     from dpo.batching import pad_id_for
-    from dpo.kl import sequence_kl
+    from dpo.evaluate.kl import sequence_kl
     prompts, completions, retokenized = _token_ids(rows, tokenizer)
     out = sequence_kl(policy, reference, prompts, completions, batch_size=batch_size, device=device,
                       pad_id=pad_id_for(tokenizer))
@@ -270,7 +270,7 @@ def summarize_verdicts(verdicts: list[dict]) -> dict:
 
 def winrate_table(sample_files: list, judge, *, judge_name: str, task: str = "", against: str = "reference"):
     """Rows of the win-rate table and every verdict, see the module docstring."""
-    from dpo.rewards import rouge_l
+    from dpo.evaluate.rewards import rouge_l
     baseline_rows = None if against == "reference" else read_samples(against)
     if against != "reference" and not baseline_rows:
         raise SamplesFileError(f"--against {against}: no samples (missing or empty file)")
@@ -291,13 +291,13 @@ def winrate_table(sample_files: list, judge, *, judge_name: str, task: str = "",
 
 
 def make_judge(spec: str, *, task: str, seed: int, device="cpu", url=None, model=None, workers=None):
-    """"llm" (JudgeConfig.from_env + overrides), "rouge", or a reward spec (dpo.rewards.load_scorer)."""
-    from dpo import judge as judges
+    """"llm" (JudgeConfig.from_env + overrides), "rouge", or a reward spec (dpo.evaluate.rewards.load_scorer)."""
+    from dpo.evaluate import judge as judges
     if spec == "llm":
         return judges.llm_judge(judges.JudgeConfig.from_env(url=url, model=model, workers=workers), task, seed)
     if spec == "rouge":
         return judges.rouge_judge()
-    from dpo.rewards import load_scorer
+    from dpo.evaluate.rewards import load_scorer
     return judges.score_judge(load_scorer(spec, device=device), name=spec)
 
 
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "reward":
-            from dpo.rewards import load_scorer
+            from dpo.evaluate.rewards import load_scorer
             rows, details = reward_table(args.samples, load_scorer(args.reward, device=args.device),
                                          reference_model=args.reference_model, policy_model=args.policy_model,
                                          device=args.device, batch_size=args.batch_size)

@@ -1,4 +1,4 @@
-"""dpo/rewards.py: one score(prompts, completions) interface over our classifier and reward model, the
+"""dpo/evaluate/rewards.py: one score(prompts, completions) interface over our classifier and reward model, the
 transformers adapter (label picked by name, clear error without transformers), and ROUGE-L."""
 import itertools
 import random
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dpo import rewards
+from dpo.evaluate import rewards
 from dpo import reward_model as rm
 from dpo.model import GPT, GPTConfig
 from helpers import byte_tokenizer

@@ -1,11 +1,11 @@
-"""dpo/kl.py: KL of a model with itself is 0; both estimates equal a hand computation with explicit
+"""dpo/evaluate/kl.py: KL of a model with itself is 0; both estimates equal a hand computation with explicit
 softmax loops; padding, batching and the order of samples change nothing."""
 import math
 
 import pytest
 import torch
 
-from dpo.kl import sequence_kl
+from dpo.evaluate.kl import sequence_kl
 from dpo.model import GPT, GPTConfig
 
 V = 11

@@ -1,9 +1,9 @@
-"""dpo/download.py against a local HTTP server: plain, resumed after a dropped connection, and offline."""
+"""dpo/interop/download.py against a local HTTP server: plain, resumed after a dropped connection, and offline."""
 import socket
 
 import pytest
 
-from dpo.download import DownloadError, download
+from dpo.interop.download import DownloadError, download
 
 
 def test_download_and_resume_after_dropped_connection(http_server, tmp_path):

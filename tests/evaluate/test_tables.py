@@ -1,4 +1,4 @@
-"""dpo/evaluate.py: samples files → reward / KL and win-rate tables (JSON + CSV), Wilson intervals, and the
+"""dpo/evaluate/tables.py: samples files → reward / KL and win-rate tables (JSON + CSV), Wilson intervals, and the
 samples-file reader (interrupted last line, bad lines named)."""
 import csv
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import sample
-from dpo import evaluate as E
+from dpo.evaluate import tables as E
 from dpo import quickstart
-from dpo.kl import sequence_kl
+from dpo.evaluate.kl import sequence_kl
 from dpo.model import GPT, GPTConfig
 from helpers import byte_tokenizer
 
@@ -86,7 +86,7 @@ def test_reward_cli_writes_json_and_csv(tmp_path, capsys):
 
 
 def test_reward_and_kl_per_checkpoint(tmp_path):
-    """sample.py → evaluate: KL to the model itself is 0; to another reference it is dpo.kl's value."""
+    """sample.py → evaluate: KL to the model itself is 0; to another reference it is dpo.evaluate.kl's value."""
     policy_dir = save_tiny(tmp_path / "run" / "checkpoints" / "step-000100", seed=0)
     reference_dir = save_tiny(tmp_path / "sft", seed=1)
     policy, tok = GPT.from_pretrained(policy_dir), byte_tokenizer()

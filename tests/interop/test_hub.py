@@ -1,4 +1,4 @@
-"""dpo/hub.py against a local server that serves files in the Hugging Face hub's URL layout."""
+"""dpo/interop/hub.py against a local server that serves files in the Hugging Face hub's URL layout."""
 import json
 import os
 import socket
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo.hub import HubError, hub_cache_dir, main, snapshot_download
+from dpo.interop.hub import HubError, hub_cache_dir, main, snapshot_download
 
 REPO = "tiny-org/tiny-model"
 
@@ -178,8 +178,8 @@ def test_cli_prints_the_local_folder(http_server, tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     env = dict(os.environ, DPO_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "dpo.hub", "download", "org/absent", "--cache-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "dpo.interop.hub", "download", "org/absent", "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 1 and "org/absent" in proc.stderr and "Traceback" not in proc.stderr
 
 

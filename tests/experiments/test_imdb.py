@@ -14,7 +14,7 @@ import pytest
 from dpo import data
 from dpo.experiments import common, imdb, pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dpo import safetensors
+from dpo.interop import safetensors
 from dpo.model import GPT, GPTConfig
 
 

