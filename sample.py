@@ -19,20 +19,22 @@ and --limit, so an id names the same prompt whatever the filters).
 Output: JSON lines, one per (prompt_id, sample_index), in prompt order then sample_index:
     {prompt_id, sample_index, prompt, completion, reference?, label?, model, temperature, top_k, top_p,
      max_new_tokens, seed, finish_reason ("eos" | "length"), prompt_token_ids, completion_token_ids}
-completion_token_ids are the generated ids (with the EOS when the sample ended on one): the KL code scores
-exactly these, since decode-then-encode need not give the same ids back.
+completion_token_ids are the generated ids (dpo.generation.generate: with the stop token when the sample
+ended on one, finish_reason "eos"); completion is their text without it. The KL code scores exactly these
+ids, since decode-then-encode need not give the same ids back.
 
 Randomness. The sample for (prompt_id, sample_index) depends only on (seed, prompt_id, sample_index), the
 model and the settings, never on which other rows share its batch, the rank that made it or where a run was
 resumed: each row draws its own uniforms u_1..u_n from a generator seeded by sha256(seed:prompt_id:index),
 and token t is the inverse-CDF draw of u_t from the filtered next-token distribution (temperature, then
-top-k, then top-p, the rules of dpo.model.sample_token). Temperature 0 is greedy (argmax). Batches are still
+top-k, then top-p, the rules of dpo.generation.sample_token). Temperature 0 is greedy (argmax). Batches are still
 fixed (rows sorted by prompt length, longest first, then cut into --batch-size rows), so a resumed run
 recomputes a half-written batch with the same neighbours and gives bit-identical logits too.
 
 Resuming. Every rank appends whole batches to OUT.rank{R}.part (one write + flush per batch); on start an
-incomplete last line (a kill mid-write) is cut off, and rows already present in OUT or any part file are
-not sampled again. Rank 0 then merges OUT and the part files (deduplicated, in prompt order) into OUT with
+incomplete last line of its own part file (a kill mid-write) is cut off, and rows already present in OUT or
+any part file are not sampled again (another rank's incomplete last line is left out, never cut: that rank
+may be writing it). Rank 0 then merges OUT and the part files (deduplicated, in prompt order) into OUT with
 one atomic rename and removes the parts. Rows written with other settings (model, temperature, ...) are an
 error: use another --out. Ranks need only a shared filesystem; they meet once at the end (a gloo barrier
 with a long timeout, so no NCCL watchdog fires while a slower rank finishes).
@@ -42,7 +44,6 @@ import datetime
 import hashlib
 import json
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,9 +51,12 @@ from pathlib import Path
 import torch
 
 from dpo import data
-from dpo.batching import collate_prompts, pad_id_for
 from dpo.data import DataError
-from dpo.evaluate.tables import read_samples, resolve_model_dir, write_lines_atomic
+from dpo.evaluate.tables import read_samples
+from dpo.files import atomic_write
+from dpo.generation import completion_text, generate, stop_ids
+from dpo.interop.hf_checkpoint import load_pretrained
+from dpo.interop.hub import resolve_model_dir
 from dpo.model import GPT
 
 SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed")  # must match to resume
@@ -87,7 +91,7 @@ def _jsonl_prompts(path: str, counts: Counter) -> list[dict]:
     prompts, seen = [], {}
     for lineno, obj in data.read_jsonl(path, counts):
         where = f"{path}:{lineno}"
-        prompt = data._get(obj, "prompt", where)
+        prompt = data.get_field(obj, "prompt", where)
         prompt_id = obj.get("prompt_id", obj.get("id", len(prompts)))
         if not isinstance(prompt_id, (int, str)) or isinstance(prompt_id, bool):
             raise DataError(f"{where}: prompt_id must be an integer or a string, got {type(prompt_id).__name__}")
@@ -97,7 +101,7 @@ def _jsonl_prompts(path: str, counts: Counter) -> list[dict]:
         row = {"prompt_id": prompt_id, "prompt": prompt, "source": where}
         reference = obj.get("reference", obj.get("chosen"))
         if reference is not None:
-            row["reference"] = data._get({"reference": reference}, "reference", where)
+            row["reference"] = data.get_field({"reference": reference}, "reference", where)
         prompts.append(row)
     if not prompts:
         raise DataError(f"{path}: no prompts (expected JSON lines with a \"prompt\" field)")
@@ -114,9 +118,9 @@ def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: b
     """Prompts from a JSON-lines file or "dataset:PATH[:SPLIT]" (see the module docstring), tokenized.
 
     Returns ([{"prompt_id", "prompt", "prompt_input_ids", "reference"?, "label"?, "source"}], counts of
-    what was left out). After --single-turn, `subsample` keeps a random subset of that many prompts (drawn
-    with prompt_seed, kept in order; the IMDB split is sorted by polarity, so its first prompts are all
-    negative reviews) and `limit` then keeps the first `limit`."""
+    what was left out). After --single-turn, `subsample` keeps a random subset of that many prompts
+    (dpo.data.seeded_subset with prompt_seed, kept in order; the IMDB split is sorted by polarity, so its
+    first prompts are all negative reviews) and `limit` then keeps the first `limit`."""
     counts = Counter()
     kind, _, rest = source.partition(":")
     if kind == "quickstart" or (kind in DATASETS and rest):
@@ -134,7 +138,7 @@ def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: b
         counts["multi-turn dialogues (--single-turn)"] += len(prompts) - len(kept)
         prompts = kept
     if subsample is not None and subsample < len(prompts):
-        keep = sorted(random.Random(prompt_seed).sample(range(len(prompts)), subsample))
+        keep = data.seeded_subset(len(prompts), subsample, prompt_seed)
         counts[f"prompts outside a random subset of {subsample} (--subsample)"] += len(prompts) - subsample
         prompts = [prompts[i] for i in keep]
     if limit is not None and limit < len(prompts):
@@ -188,7 +192,7 @@ def merge(out: Path, prompts: list[dict]) -> int:
             rows.setdefault((json.dumps(row["prompt_id"]), row["sample_index"]), row)
     ordered = sorted(rows.values(), key=lambda r: (order.get(r["prompt_id"], len(order)),
                                                     json.dumps(r["prompt_id"]), r["sample_index"]))
-    write_lines_atomic(out, [json.dumps(r, ensure_ascii=False) + "\n" for r in ordered])
+    atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
     for path in part_files(out):
         path.unlink()
     return len(ordered)
@@ -206,42 +210,29 @@ def plan_batches(prompts: list[dict], n: int, batch_size: int) -> list[list[tupl
     return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
-def eos_ids_of(model: GPT, tokenizer) -> set[int]:
-    ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-    cfg_eos = model.config.eos_id
-    ids |= set(cfg_eos if isinstance(cfg_eos, list) else [] if cfg_eos is None else [cfg_eos])
-    return ids
-
-
 def sample_batch(model: GPT, tokenizer, prompts: list[dict], batch: list[tuple[int, int]], settings: dict,
                  device) -> list[dict]:
-    """Generate one batch of (prompt position, sample_index) rows → output rows (see the module docstring)."""
-    pad_id = pad_id_for(tokenizer)
-    eos_ids = eos_ids_of(model, tokenizer)
-    collated = collate_prompts([prompts[i]["prompt_input_ids"] for i, _ in batch], pad_id)
+    """Generate one batch of (prompt position, sample_index) rows → output rows (see the module docstring).
+    With temperature > 0 each row draws from its own uniforms (row_seed, row_uniforms), moved to `device`."""
     uniforms = None
     if settings["temperature"] > 0:
         seeds = [row_seed(settings["seed"], prompts[i]["prompt_id"], s) for i, s in batch]
         uniforms = row_uniforms(seeds, settings["max_new_tokens"]).to(device)
-    input_ids = collated["input_ids"].to(device)
-    out = model.generate(input_ids, collated["attention_mask"].to(device), settings["max_new_tokens"],
-                         settings["temperature"], settings["top_k"], settings["top_p"], eos_id=sorted(eos_ids),
-                         pad_id=pad_id, uniforms=uniforms)
+    completions = generate(model, tokenizer, [prompts[i]["prompt_input_ids"] for i, _ in batch],
+                           max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                           top_k=settings["top_k"], top_p=settings["top_p"], uniforms=uniforms)
+    stop = stop_ids(model, tokenizer)
     rows = []
-    for (i, s), ids in zip(batch, out[:, input_ids.shape[1]:].tolist()):
-        cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-        ended = cut is not None
-        generated = ids[:cut + 1] if ended else ids
-        text_ids = ids[:cut] if ended else ids
+    for (i, s), ids in zip(batch, completions):
         p = prompts[i]
         row = {"prompt_id": p["prompt_id"], "sample_index": s, "prompt": p["prompt"],
-               "completion": tokenizer.decode(text_ids)}
+               "completion": completion_text(tokenizer, ids, stop)}
         for key in ("reference", "label"):
             if key in p:
                 row[key] = p[key]
         row.update(settings)
-        row.update(finish_reason="eos" if ended else "length", prompt_token_ids=p["prompt_input_ids"],
-                   completion_token_ids=generated)
+        row.update(finish_reason="eos" if ids and ids[-1] in stop else "length",
+                   prompt_token_ids=p["prompt_input_ids"], completion_token_ids=ids)
         rows.append(row)
     return rows
 
@@ -302,7 +293,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model_and_tokenizer(model_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
     from dpo.tokenizer import Tokenizer
     path = resolve_model_dir(str(model_dir))
-    model = GPT.from_pretrained(path, dtype=dtype, device=device).eval()
+    model = load_pretrained(path, dtype=dtype, device=device).eval()
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir or path)
     return model, tokenizer
 

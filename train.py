@@ -1,25 +1,32 @@
-"""Train a policy with SFT or a preference loss (DPO and its family), on one process, DDP or FSDP2.
+"""Train a policy with SFT or a preference loss (DPO and its family), or a reward model, on one process,
+DDP or FSDP2.
 
     python train.py --config configs/quickstart.yaml                       # one CPU / GPU
     torchrun --nproc_per_node=8 train.py --config configs/imdb/dpo.yaml loss.beta=0.5
     torchrun --nnodes=2 --node_rank=$R --nproc_per_node=8 --rdzv_backend=c10d \\
              --rdzv_endpoint=$HOST:29500 train.py --config ...            # several nodes
 
-One DPO step, as the loop below runs it (SPEC §1):
+One DPO step, as the loop in `train` runs it:
     for each micro-batch of this rank's share of the global batch:
-        policy log-probs of chosen + rejected, one forward over the concatenated batch  (policy_logps)
+        policy log-probs of chosen + rejected, one forward over the concatenated batch   (preference_step)
         reference log-probs of the same, without gradients (or from the precomputed cache)
-        loss = mean over pairs of −log σ(β·[(π_w − ref_w) − (π_l − ref_l)])   (dpo.losses)
+        loss = mean over pairs of −log σ(β·[(π_w − ref_w) − (π_l − ref_l)])           (dpo.losses)
         (loss · micro / per-rank batch).backward()   — gradients all-reduced on the last micro-batch only
     clip the gradient norm, optimizer step, learning-rate schedule step.
+
+The kind of run follows from the data and loss.name, once (`run_kind`); it picks the step function and
+the collate function (STEPS, `collate_fn`):
+    preference       {prompt, chosen, rejected} -> a preference loss           preference_step
+    sft              {prompt, completion}       -> NLL of the completion        sft_step
+    classification   {text, label}              -> GPT + linear head, loss.name=classifier     classifier_step
+    reward_pairs     {prompt, chosen, rejected} -> Bradley–Terry, loss.name=reward_model      reward_pairs_step
+A reference model is loaded only for preference losses that read it (dpo.losses.uses_reference).
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import resource
 import shutil
 import sys
 import time
@@ -29,122 +36,115 @@ import torch
 import torch.nn as nn
 
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
-from dpo.interop import hf_checkpoint
 from dpo.config import Config, ConfigError, load_config, save_config
-from dpo.logprobs import chunked_token_logps, reduce_token_logps, response_mask, sequence_unlikelihood
+from dpo.generation import completion_text, generate, stop_ids
+from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
+from dpo.interop.hub import resolve_model_dir
+from dpo.logprobs import model_token_logps, response_mask, sequence_logps, sequence_unlikelihood, wpo_weights
 from dpo.model import GPT, GPTConfig
-from dpo.run_log import RunLog
+from dpo.run_log import RunLog, throughput_metrics
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
-REWARD_MODEL_LOSSES = ("classifier", "reward_model")  # a GPT + linear head (dpo/reward_model.py), not a policy
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # bf16 dense
 
 
 # ---------------------------------------------------------------------------------------------------
-# The math of one step: log-probs from a forward pass, then the loss.
+# The math of one micro-batch: log-probs from a forward pass, then the loss. Each step function returns
+# (per-example losses [B], per-example metrics {name: [B]}).
 
-def token_logps(model: nn.Module, batch: dict) -> torch.Tensor:
-    """log π(y_t | x, y_<t) of every next token: [N, T−1] fp32 (0 where labels are −100), N = 2B for pairs.
-
-    The forward returns final hidden states [N, T, C]; the log-probs are gathered from them and the output
-    projection chunk by chunk (dpo.logprobs), so the [N, T, V] logits never exist in memory."""
-    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
-    head = distributed.unwrap(model).lm_head
-    # FSDP2 keeps the root's parameters (lm_head among them) gathered after forward; should they be
-    # sharded DTensors, gather them (differentiably: the gradient is scattered back to the shards).
-    weight, bias = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
-    return chunked_token_logps(hidden, weight, bias, batch["labels"])
-
-
-def policy_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(y|x) of every row, summed over its response tokens: (logps [N] fp32, response lengths [N])."""
-    return reduce_token_logps(token_logps(model, batch), response_mask(batch["labels"]))
-
-
-def preference_step(policy, reference, batch: dict, config: Config, cached_reference=None):
-    """One micro-batch of pairs → (per-pair losses [B], per-pair metrics {name: [B]})."""
-    policy_token_logps, mask = token_logps(policy, batch), response_mask(batch["labels"])
-    logps, lengths = reduce_token_logps(policy_token_logps, mask)
-    policy_chosen_logps, policy_rejected_logps = logps.chunk(2)
-    chosen_lengths, rejected_lengths = lengths.chunk(2)
-    if cached_reference is not None:
-        index = batch["indices"]
-        reference_chosen_logps = cached_reference.chosen_logps[index.cpu()].to(logps.device)
-        reference_rejected_logps = cached_reference.rejected_logps[index.cpu()].to(logps.device)
+def preference_step(policy, reference, batch: dict, config: Config):
+    """B pairs (rows 0..B−1 chosen, B..2B−1 rejected). `reference` is a model, its cached log-probs
+    (reference_cache.ReferenceLogps) or None (reference-free losses: log π_ref taken as 0)."""
+    loss = config.loss
+    ld_alpha = None if loss.ld_alpha == 1.0 else loss.ld_alpha
+    mask = response_mask(batch["labels"])
+    policy_token_logps, policy_log_sum_sq = model_token_logps(policy, batch, with_log_sum_sq=loss.wpo)
+    policy_logps, lengths = sequence_logps(policy_token_logps, mask, ld_alpha)
+    if isinstance(reference, reference_cache.ReferenceLogps):
+        reference_logps = reference.lookup(batch["indices"])
     elif reference is not None:
         with torch.no_grad():
-            reference_chosen_logps, reference_rejected_logps = policy_logps(reference, batch)[0].chunk(2)
-    else:  # reference-free: log π_ref taken as 0
-        reference_chosen_logps = torch.zeros_like(policy_chosen_logps)
-        reference_rejected_logps = torch.zeros_like(policy_rejected_logps)
-    options = dict(config.loss.options)
-    if config.loss.label_smoothing:
-        options["label_smoothing"] = config.loss.label_smoothing
-    if "unlikelihood" in losses.parse_loss_names(config.loss.name):  # needs per-token probabilities
+            reference_logps, _ = sequence_logps(model_token_logps(reference, batch)[0], mask, ld_alpha)
+    else:
+        reference_logps = torch.zeros_like(policy_logps)
+    policy_chosen_logps, policy_rejected_logps = policy_logps.chunk(2)
+    reference_chosen_logps, reference_rejected_logps = reference_logps.chunk(2)
+    chosen_lengths, rejected_lengths = lengths.chunk(2)
+
+    options = dict(loss.options)
+    if loss.label_smoothing:
+        options["label_smoothing"] = loss.label_smoothing
+    if "unlikelihood" in losses.parse_loss_names(loss.name):  # needs per-token probabilities
         options["policy_rejected_unlikelihood"] = sequence_unlikelihood(policy_token_logps, mask).chunk(2)[1]
     pair_losses = losses.preference_loss(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-        loss_type=config.loss.name, beta=config.loss.beta, rpo_alpha=config.loss.rpo_alpha,
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, **options)
+        loss_type=loss.name, beta=loss.beta, rpo_alpha=loss.rpo_alpha, chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        wpo_weights=wpo_weights(policy_token_logps, policy_log_sum_sq, mask) if loss.wpo else None, **options)
     metrics = losses.preference_metrics(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-        pair_losses, beta=config.loss.beta, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+        pair_losses, beta=loss.beta, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
     return pair_losses, metrics
 
 
-def sft_step(policy, batch: dict, config: Config):
-    """One micro-batch of SFT sequences → (per-sequence losses [B], metrics). loss.name sft: the summed
-    NLL of each target (the reference code); sft_mean: its per-token mean."""
-    logps, lengths = policy_logps(policy, batch)
+def sft_step(policy, reference, batch: dict, config: Config):
+    """B sequences. loss.name sft: the summed NLL of each target (the reference code); sft_mean: its
+    per-token mean."""
+    logps, lengths = sequence_logps(model_token_logps(policy, batch)[0], response_mask(batch["labels"]))
     seq_losses = losses.sft_mean_loss(logps, chosen_lengths=lengths) if config.loss.name == "sft_mean" \
         else losses.sft_loss(logps)
     return seq_losses, {"loss/train": seq_losses.detach(), "logps_train/chosen": logps.detach(),
                         "lengths_train/chosen": lengths.float()}
 
 
-def reward_model_step(model, batch: dict, config: Config):
-    """A sequence classifier (loss.name classifier: cross-entropy on labels) or a Bradley–Terry reward model
-    (loss.name reward_model: −log σ(r_w − r_l) on pairs), both a GPT with a linear head (dpo/reward_model.py)."""
-    scores = model(batch["input_ids"], batch["attention_mask"])
-    if config.loss.name == "classifier":
-        example_losses = reward_model.classification_loss(scores, batch["labels"])
-        metrics = {f"{k}/train": v for k, v in reward_model.classification_metrics(scores, batch["labels"]).items()}
-    else:
-        chosen_scores, rejected_scores = scores[:, 0].chunk(2)
-        example_losses = reward_model.bradley_terry_loss(chosen_scores, rejected_scores)
-        metrics = {k.replace("rewards/", "rewards_train/"): v
-                   for k, v in reward_model.bradley_terry_metrics(chosen_scores, rejected_scores).items()}
-    return example_losses, {"loss/train": example_losses.detach(), **metrics}
+def classifier_step(model, reference, batch: dict, config: Config):
+    """B texts with labels: cross-entropy of a GPT with a linear head (dpo/reward_model.py)."""
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    example_losses = reward_model.classification_loss(logits, batch["labels"])
+    metrics = reward_model.classification_metrics(logits, batch["labels"])
+    return example_losses, {"loss/train": example_losses.detach(), **{f"{k}/train": v for k, v in metrics.items()}}
 
 
-def micro_batch_losses(policy, reference, batch, config, kind, cached_reference=None):
-    if kind == "preference":
-        return preference_step(policy, reference, batch, config, cached_reference)
-    if kind in ("classification", "reward_pairs"):
-        return reward_model_step(policy, batch, config)
-    return sft_step(policy, batch, config)
+def reward_pairs_step(model, reference, batch: dict, config: Config):
+    """B pairs: the Bradley–Terry loss −log σ(r_w − r_l) of a GPT with a scalar head."""
+    chosen_scores, rejected_scores = model(batch["input_ids"], batch["attention_mask"])[:, 0].chunk(2)
+    example_losses = reward_model.bradley_terry_loss(chosen_scores, rejected_scores)
+    metrics = reward_model.bradley_terry_metrics(chosen_scores, rejected_scores)
+    return example_losses, {"loss/train": example_losses.detach(),
+                            **{k.replace("rewards/", "rewards_train/"): v for k, v in metrics.items()}}
+
+
+STEPS = {"preference": preference_step, "sft": sft_step, "classification": classifier_step,
+         "reward_pairs": reward_pairs_step}
+
+
+def collate_fn(kind: str, tokenizer: Tokenizer, config: Config, device):
+    """examples -> a batch of tensors on `device`. Preference and SFT examples come tokenized (batching.py);
+    reward-model examples are tokenized here (reward_model.py)."""
+    pad_id, multiple, max_length = tokenizer.pad_id_or_eos(), config.data.pad_to_multiple_of or None, config.data.max_length
+    fn = {"preference": lambda ex: batching.collate_preference(ex, pad_id, multiple),
+          "sft": lambda ex: batching.collate_sft(ex, pad_id, multiple),
+          "classification": lambda ex: reward_model.collate_classification(ex, tokenizer, max_length),
+          "reward_pairs": lambda ex: reward_model.collate_reward_pairs(ex, tokenizer, max_length)}[kind]
+    return lambda examples: {k: v.to(device) for k, v in fn(examples).items()}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Building blocks: tokenizer, data, models, optimizer.
 
-def resolve_model_dir(name: str) -> Path:
-    """A local checkpoint folder as is; a hub name ("gpt2-large", "org/name") downloaded into the cache."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    if path.is_absolute() or name.startswith(".") or name.count("/") > 1:
-        raise FileNotFoundError(f"{name}: no such checkpoint directory")
-    from dpo.interop.hub import snapshot_download
-    return snapshot_download(name)
+def run_kind(config: Config, data_kind: str) -> str:
+    """preference | sft | classification | reward_pairs, from loss.name and the data's kind; checks they fit."""
+    name, fmt = config.loss.name, config.data.format
+    expected = {"classifier": "classification", "reward_model": "preference", "sft": "sft", "sft_mean": "sft"}
+    if expected.get(name, "preference") != data_kind:
+        raise ConfigError(f"loss.name={name} needs {expected.get(name, 'preference')} data; data.format "
+                          f"{fmt!r} holds {data_kind} examples")
+    return {"classifier": "classification", "reward_model": "reward_pairs"}.get(name, data_kind)
 
 
 def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Tokenizer:
-    if config.model.tokenizer:
-        return Tokenizer.from_pretrained(config.model.tokenizer)
-    if config.model.name:
-        return Tokenizer.from_pretrained(resolve_model_dir(config.model.name))
+    if config.model.tokenizer or config.model.name:
+        return Tokenizer.from_pretrained(config.model.tokenizer or resolve_model_dir(config.model.name))
     trained = out_dir / "tokenizer"
     if not (trained / "tokenizer.model").is_file():
         if config.model.tokenizer_vocab_size <= 0:
@@ -155,7 +155,6 @@ def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Toke
             corpus = out_dir / "tokenizer_corpus.txt"
             corpus.write_text("\n".join(" ".join(v for k, v in ex.items() if k in ("prompt", "completion",
                                         "chosen", "rejected")) for ex in examples))
-            trained.mkdir(parents=True, exist_ok=True)
             train_sentencepiece([corpus], trained / "tokenizer", config.model.tokenizer_vocab_size)
             corpus.unlink()
         distributed.barrier()
@@ -163,54 +162,42 @@ def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Toke
 
 
 def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
-    """Tokenized train and eval examples (lists of dicts) and their kind (preference | sft)."""
+    """(kind, train examples, eval examples). Preference and SFT examples are tokenized with explicit
+    truncation (batching.load_tokenized); reward-model examples stay text (their collate tokenizes)."""
     d = config.data
-    if config.loss.name in REWARD_MODEL_LOSSES:  # raw examples: the collate functions tokenize them
-        expected = "classification" if config.loss.name == "classifier" else "preference"
-        kind, train_examples, counts = data.load_examples(d.format, d.path, d.split)
-        _, eval_examples, eval_counts = data.load_examples(d.format, d.eval_path or d.path, d.eval_split)
-        if kind != expected:
-            raise ConfigError(f"loss.name={config.loss.name} needs {expected} data; format {d.format!r} gives {kind}")
-        if 0 < d.eval_examples < len(eval_examples):
-            keep = torch.randperm(len(eval_examples), generator=torch.Generator().manual_seed(config.train.seed))
-            eval_examples = [eval_examples[i] for i in sorted(keep[:d.eval_examples].tolist())]
-        if ctx.is_main:
-            print(data.format_summary(f"{d.format} {d.path} [{d.split}]", counts) + "\n"
-                  + data.format_summary(f"{d.format} {d.eval_path or d.path} [{d.eval_split}]", eval_counts)
-                  + f" ({len(eval_examples)} used)", flush=True)
-        return ("classification" if kind == "classification" else "reward_pairs"), train_examples, eval_examples
-    args = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                prompt_truncation_side=d.prompt_truncation_side or None)
-    kind, train_examples, train_summary = batching.load_tokenized(d.format, d.path, d.split, tokenizer, **args)
-    _, eval_examples, eval_summary = batching.load_tokenized(
-        d.format, d.eval_path or d.path, d.eval_split, tokenizer, limit=d.eval_examples,
-        seed=config.train.seed, **args)
+    sources = [(d.path, d.split, 0), (d.eval_path or d.path, d.eval_split, d.eval_examples)]
+    if config.loss.name in ("classifier", "reward_model"):
+        loaded = [data.load_examples(d.format, path, split) for path, split, _ in sources]
+        kind = run_kind(config, loaded[0][0])
+        (_, train_examples, counts), (_, all_eval, eval_counts) = loaded
+        eval_examples = [all_eval[i] for i in data.seeded_subset(len(all_eval), d.eval_examples, config.train.seed)]
+        summaries = [data.format_summary(f"{d.format} {path} [{split}]", c) for (path, split, _), c
+                     in zip(sources, (counts, eval_counts))]
+        summaries[1] += f" ({len(eval_examples)} used)"
+    else:
+        args = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
+                    prompt_truncation_side=d.prompt_truncation_side or None, seed=config.train.seed)
+        (data_kind, train_examples, train_summary), (_, eval_examples, eval_summary) = [
+            batching.load_tokenized(d.format, path, split, tokenizer, limit=limit, **args)
+            for path, split, limit in sources]
+        kind, summaries = run_kind(config, data_kind), [train_summary, eval_summary]
     if ctx.is_main:
-        print(train_summary + "\n" + eval_summary, flush=True)
+        print("\n".join(summaries), flush=True)
     return kind, train_examples, eval_examples
-
-
-def new_model(config: Config, tokenizer: Tokenizer) -> GPT:
-    m = config.model
-    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                         max_seq_len=m.max_seq_len, dropout=m.dropout, eos_id=tokenizer.eos_id,
-                         bos_id=tokenizer.bos_id))
 
 
 def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool, meta: bool = False) -> GPT:
     """A GPT from a Hugging Face folder; with `meta`, only its shape (FSDP ranks > 0: weights come from rank 0)."""
-    dtype = getattr(torch, config.model.dtype)
     if meta:
         with torch.device("meta"):
-            model = GPT(hf_checkpoint.config_from_hf(json.loads((Path(path) / "config.json").read_text())))
+            model = GPT(config_from_hf(json.loads((Path(path) / "config.json").read_text())))
     else:
-        model = GPT.from_pretrained(path, dtype=dtype, device=ctx.device)
+        model = load_pretrained(path, dtype=getattr(torch, config.model.dtype), device=ctx.device)
     model.config.dropout = config.model.dropout
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = config.model.dropout
-    model.requires_grad_(trainable)
-    return model.train(trainable)
+    return model.requires_grad_(trainable).train(trainable)
 
 
 def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, kind: str, resume_from,
@@ -218,29 +205,68 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
     """The model being trained: from the latest checkpoint on resume, else from model.name, else new. Reward
     models (kind classification / reward_pairs) put a zero-initialised linear head on that GPT. With `meta`
     only the shapes are built (FSDP ranks > 0 receive rank 0's weights when the model is sharded)."""
-    dtype = getattr(torch, config.model.dtype)
-    is_reward_model = kind in ("classification", "reward_pairs")
+    m, is_reward_model = config.model, kind in ("classification", "reward_pairs")
     if is_reward_model and resume_from is not None and not meta:
-        return reward_model.load_reward_model(resume_from, dtype, ctx.device).requires_grad_(True).train()
-    if resume_from is not None or config.model.name:
-        gpt = load_model(resume_from or resolve_model_dir(config.model.name), config, ctx, True, meta)
+        model = reward_model.load_reward_model(resume_from, getattr(torch, m.dtype), ctx.device).requires_grad_()
+    elif resume_from is not None or m.name:
+        model = load_model(resume_from or resolve_model_dir(m.name), config, ctx, True, meta)
     else:
         with torch.device("meta" if meta else ctx.device):
-            gpt = new_model(config, tokenizer).to(dtype)
-    if is_reward_model:
-        n_outputs = 2 if kind == "classification" else 1
+            model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=m.n_layer, n_head=m.n_head,
+                                  n_embd=m.n_embd, max_seq_len=m.max_seq_len, dropout=m.dropout,
+                                  eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id)).to(getattr(torch, m.dtype))
+    if is_reward_model and isinstance(model, GPT):
         with torch.device("meta" if meta else ctx.device):
-            return reward_model.RewardModel(gpt, n_outputs, pad_id=batching.pad_id_for(tokenizer)).train()
-    return gpt
+            model = reward_model.RewardModel(model, 2 if kind == "classification" else 1,
+                                             pad_id=tokenizer.pad_id_or_eos())
+    if config.train.compile:  # block by block, the unit FSDP2 shards
+        for block in model.blocks:
+            block.compile()
+    return model.train()
+
+
+def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, examples, collate):
+    """The frozen reference, wrapped like the policy; or, with train.reference_cache, its log-probs of every
+    example in `examples` (a list per split), computed once across ranks and kept on disk. None when the loss
+    reads no reference. Returns one entry per split."""
+    path = config.reference or config.model.name
+    if not path:  # a new model: the reference is the initial policy, kept on disk for resumes
+        path = out_dir / "reference"
+        if resume_from is None:
+            checkpoint.save_hf(policy, path, ctx, tokenizer)
+            distributed.barrier()
+    path, on_meta = resolve_model_dir(str(path)), mode == "fsdp" and not ctx.is_main
+
+    def load():
+        return distributed.wrap(load_model(path, config, ctx, trainable=False, meta=on_meta), mode, ctx,
+                                mixed_precision=config.train.mixed_precision, trainable=False)
+    if not config.train.reference_cache:
+        reference = load()
+        return [reference] * len(examples)
+    settings = {"data": dataclasses.asdict(config.data), "ld_alpha": config.loss.ld_alpha}
+    keys = [reference_cache.cache_key(split, settings, path) for split in examples]
+    tables = [reference_cache.load(key) for key in keys]
+    if any(table is None for table in tables):
+        reference = load()
+        for i, split in enumerate(examples):
+            if tables[i] is None:
+                with autocast(config, ctx):
+                    tables[i] = reference_cache.compute(
+                        reference, split, collate, config.train.micro_batch_size, ctx,
+                        None if config.loss.ld_alpha == 1.0 else config.loss.ld_alpha)
+                if ctx.is_main:
+                    reference_cache.save(tables[i], keys[i])
+        del reference
+    distributed.barrier()
+    return tables
 
 
 def parallel_mode(config: Config, ctx: distributed.Dist) -> str:
+    """none | ddp | fsdp: train.parallel, with auto = ddp on several ranks; one process is always none."""
     mode = config.train.parallel
     if mode == "auto":
         mode = "ddp" if ctx.world_size > 1 else "none"
-    if mode in ("ddp", "fsdp") and ctx.world_size == 1:
-        mode = "none"  # one process: nothing to parallelise, same arithmetic
-    return mode
+    return "none" if ctx.world_size == 1 else mode
 
 
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -270,137 +296,10 @@ def lr_factor(step: int, config: Config, total_steps: int) -> float:
     raise ConfigError(f"train.schedule: expected constant | linear | cosine, got {t.schedule!r}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Evaluation and sampling.
-
-def collate(examples: list[dict], kind: str, tokenizer: Tokenizer, config: Config, device) -> dict:
-    if kind == "classification":
-        batch = reward_model.collate_classification(examples, tokenizer, config.data.max_length)
-    elif kind == "reward_pairs":
-        batch = reward_model.collate_reward_pairs(examples, tokenizer, config.data.max_length)
-    else:
-        fn = batching.collate_preference if kind == "preference" else batching.collate_sft
-        batch = fn(examples, batching.pad_id_for(tokenizer), config.data.pad_to_multiple_of or None)
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, cached_reference=None) -> dict:
-    """Metrics averaged over every evaluation example (all ranks), with the reference code's names."""
-    policy.eval()
-    sums, count = {}, torch.zeros((), device=ctx.device)
-    for indices, is_real in batching.eval_micro_batches(len(eval_examples), config.train.micro_batch_size,
-                                                        ctx.world_size, ctx.rank):
-        batch = collate([eval_examples[i] for i in indices], kind, tokenizer, config, ctx.device)
-        with autocast(config, ctx):
-            _, metrics = micro_batch_losses(policy, reference, batch, config, kind, cached_reference)
-        weight = torch.tensor(is_real, dtype=torch.float32, device=ctx.device)
-        for name, values in metrics.items():
-            name = name.replace("_train/", "_eval/").replace("/train", "/eval")
-            sums[name] = sums.get(name, 0) + (values.float() * weight).sum()
-        count += weight.sum()
-    policy.train()
-    return distributed.all_reduce_mean(sums, count)
-
-
-@contextlib.contextmanager
-def unsharded_for_generation(model: nn.Module):
-    """Under FSDP2, gather each block's parameters once for the whole generation instead of once per token
-    (per forward), and without collectives in the token loop, so ranks may stop after different numbers
-    of tokens without hanging. A no-op for unsharded models."""
-    from torch.distributed.fsdp import FSDPModule
-    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for m in fsdp_modules:
-        m.unshard()
-        m.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield
-    finally:
-        for m in fsdp_modules:
-            m.reshard()
-            # blocks reshard after forward in training; the root keeps FSDP2's default (it does not)
-            m.set_reshard_after_forward(m is not model, recurse=False)
-
-
-@torch.no_grad()
-def sample(policy, reference, prompts: list[list[int]], tokenizer, config, ctx, step) -> list[dict]:
-    """Completions of the policy and the reference for this rank's prompts (temperature sampling). Every
-    rank calls it, with or without prompts: under FSDP2 gathering the parameters is collective."""
-    t = config.train
-    rows = [{"step": step, "prompt": tokenizer.decode(p)} for p in prompts]
-    for name, model in (("policy", policy), ("reference", reference)):
-        if model is None:
-            continue
-        with unsharded_for_generation(model):
-            if not prompts:
-                continue
-            batch = batching.collate_prompts(prompts, batching.pad_id_for(tokenizer))
-            ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
-            generator = torch.Generator(device=ctx.device).manual_seed(t.seed + step + ctx.rank)
-            out = distributed.unwrap(model).generate(
-                ids, mask, max_new_tokens=t.sample_max_new_tokens, temperature=t.sample_temperature,
-                eos_id=tokenizer.eos_id, pad_id=batching.pad_id_for(tokenizer), generator=generator)
-        for row, new in zip(rows, out[:, ids.shape[1]:].tolist()):
-            if tokenizer.eos_id in new:
-                new = new[:new.index(tokenizer.eos_id)]
-            row[name] = tokenizer.decode(new)
-    if t.sample_reward and rows:
-        for name in ("policy", "reference"):
-            if name in rows[0]:
-                scores = REWARDS[t.sample_reward]([r["prompt"] for r in rows], [r[name] for r in rows])
-                for row, score in zip(rows, scores):
-                    row[f"reward_{name}"] = score
-    return rows
-
-
-@torch.no_grad()
-def cached_reference_logps(reference_path: Path, examples: list[dict], tokenizer: Tokenizer, config: Config,
-                           ctx: distributed.Dist, mode: str) -> reference_cache.ReferenceLogps:
-    """log π_ref of every pair's chosen and rejected, from the disk cache or computed once here: the ranks
-    share the examples, sum their parts, rank 0 writes the file. The key covers the token ids, the
-    tokenization settings and the reference checkpoint's files (dpo/reference_cache.py)."""
-    weights = sorted(p for p in reference_path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    identity = [str(reference_path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
-    key = reference_cache.reference_cache_key(
-        [(ex["chosen_input_ids"], ex["chosen_labels"], ex["rejected_input_ids"], ex["rejected_labels"]) for ex in examples],
-        dataclasses.asdict(config.data), repr(identity))
-    path = reference_cache.cache_path(key)
-    cached = reference_cache.load_reference_logps(key, path)
-    if cached is not None:
-        return cached
-    on_meta = mode == "fsdp" and not ctx.is_main
-    reference = distributed.wrap(load_model(reference_path, config, ctx, False, meta=on_meta), mode, ctx,
-                                 mixed_precision=config.train.mixed_precision, trainable=False)
-    n = len(examples)
-    table = torch.zeros(4, n, dtype=torch.float64, device=ctx.device)  # chosen, rejected logps; their lengths
-    for indices, is_real in batching.eval_micro_batches(n, config.train.micro_batch_size, ctx.world_size, ctx.rank):
-        batch = collate([examples[i] for i in indices], "preference", tokenizer, config, ctx.device)
-        with autocast(config, ctx):
-            logps, lengths = policy_logps(reference, batch)
-        real = torch.tensor(is_real, device=ctx.device)
-        index = batch["indices"][real]
-        table[:, index] = torch.stack([*logps.chunk(2), *lengths.chunk(2)]).double()[:, real]
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(table)  # every example was computed by exactly one rank
-    table = table.cpu()
-    result = reference_cache.ReferenceLogps(table[0].float(), table[1].float(), table[2].long(), table[3].long())
-    if ctx.is_main:
-        reference_cache.save_reference_logps(result, key, path)
-        print(f"reference log-probs of {n} pairs cached in {path}", flush=True)
-    distributed.barrier()
-    return result
-
-
 def autocast(config: Config, ctx: distributed.Dist):
     """bf16 autocast without FSDP (FSDP2 casts through its MixedPrecisionPolicy instead)."""
     enabled = config.train.mixed_precision == "bf16" and parallel_mode(config, ctx) != "fsdp"
     return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -409,8 +308,7 @@ def peak_memory_gb(device: torch.device) -> float:
 def train(config: Config) -> dict:
     """Run one training job; returns the final evaluation metrics."""
     ctx = distributed.setup(config.train.device)
-    t = config.train
-    out_dir = Path(t.out_dir)
+    t, out_dir = config.train, Path(config.train.out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -419,8 +317,7 @@ def train(config: Config) -> dict:
 
     tokenizer = load_tokenizer(config, ctx, out_dir)
     kind, train_examples, eval_examples = load_data(config, tokenizer, ctx)
-    if kind == "sft" and config.loss.name not in ("sft", "sft_mean"):
-        raise ConfigError(f"loss.name: data format {config.data.format!r} holds SFT examples; use sft or sft_mean")
+    step_fn, collate = STEPS[kind], collate_fn(kind, tokenizer, config, ctx.device)
     schedule = batching.BatchSchedule(len(train_examples), t.batch_size, t.micro_batch_size,
                                       world_size=ctx.world_size, rank=ctx.rank, seed=t.seed, epochs=t.epochs,
                                       max_examples=t.max_examples)
@@ -429,72 +326,42 @@ def train(config: Config) -> dict:
 
     resume_from = checkpoint.latest_checkpoint(out_dir) if t.resume else None
     mode = parallel_mode(config, ctx)
-    on_meta = mode == "fsdp" and not ctx.is_main  # under FSDP only rank 0 reads weights
-    policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=on_meta)
-    reference = None
-    needs_reference = kind == "preference" and not config.loss.reference_free
-    if needs_reference:
-        reference_path = config.reference or config.model.name
-        if not reference_path:  # a new model: the reference is the initial policy, kept on disk for resumes
-            reference_path = out_dir / "reference"
-            if resume_from is None:
-                checkpoint.save_hf(policy, reference_path, ctx, tokenizer)
-                distributed.barrier()
-        reference_path = resolve_model_dir(str(reference_path))
-
-    train_reference_logps = eval_reference_logps = None
-    if needs_reference and t.reference_cache:  # log π_ref once for every pair; only the policy stays in memory
-        train_reference_logps = cached_reference_logps(reference_path, train_examples, tokenizer, config, ctx, mode)
-        eval_reference_logps = cached_reference_logps(reference_path, eval_examples, tokenizer, config, ctx, mode)
-    elif needs_reference:
-        reference = load_model(reference_path, config, ctx, trainable=False, meta=on_meta)
-    if t.compile:
-        for block in policy.blocks:
-            block.compile()
+    policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=mode == "fsdp" and not ctx.is_main)
+    train_reference = eval_reference = None
+    if kind == "preference" and losses.uses_reference(config.loss.name):
+        train_reference, eval_reference = build_reference(config, policy, tokenizer, ctx, mode, resume_from,
+                                                          out_dir, [train_examples, eval_examples], collate)
     policy = distributed.wrap(policy, mode, ctx, mixed_precision=t.mixed_precision,
                               activation_checkpointing=t.activation_checkpointing, cpu_offload=t.cpu_offload)
-    if reference is not None:
-        reference = distributed.wrap(reference, mode, ctx, mixed_precision=t.mixed_precision, trainable=False)
     optimizer = make_optimizer(policy, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, schedule.n_steps))
-
-    examples_seen, step = 0, 0
-    if resume_from is not None:
-        state = checkpoint.load_training_state(resume_from, policy, optimizer, ctx)
-        schedule.load_state_dict(state["data"])
-        scheduler.load_state_dict(state["scheduler"])
-        examples_seen, step = state["examples"], state["step"]
-        if ctx.is_main:
-            print(f"resumed from {resume_from} at step {step} ({examples_seen} examples)", flush=True)
+    step, examples_seen = restore(resume_from, policy, optimizer, scheduler, schedule, ctx)
     log = RunLog(out_dir, dataclasses.asdict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
-    if resume_from is not None:
-        log.truncate_after(examples_seen)
-
+    log.truncate_after(examples_seen)
     sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]] \
         if kind in ("preference", "sft") else []  # reward models do not generate
-    my_prompts = sample_prompts[ctx.rank::ctx.world_size]
-    per_rank_batch = t.batch_size // ctx.world_size
-    flops_per_token = distributed.unwrap(policy).flops_per_token(config.data.max_length) + (
-        distributed.unwrap(reference).flops_per_token(config.data.max_length, backward=False) if reference else 0)
-    progress = None
-    if ctx.is_main:
-        from tqdm import tqdm
-        progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True,
-                        disable=os.environ.get("DPO_NO_PROGRESS") == "1")
+    sample_reference = train_reference if isinstance(train_reference, nn.Module) else None
+
+    def sample_now() -> dict:
+        return write_samples(policy, sample_reference, sample_prompts, tokenizer, config, ctx, step, examples_seen,
+                             log)
 
     def checkpoint_now():
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
                          "scheduler": scheduler.state_dict()}
         checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
 
+    from tqdm import tqdm
+    progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True,
+                    disable=not ctx.is_main or os.environ.get("DPO_NO_PROGRESS") == "1")
+    per_rank_batch = t.batch_size // ctx.world_size
     for micro_batches in schedule:
         start = time.perf_counter()
         sums, tokens = {}, torch.zeros((), device=ctx.device)
         for i, indices in enumerate(micro_batches):
-            batch = collate([train_examples[j] for j in indices], kind, tokenizer, config, ctx.device)
+            batch = collate([train_examples[j] for j in indices])
             with distributed.gradient_sync(policy, enabled=i == len(micro_batches) - 1), autocast(config, ctx):
-                example_losses, metrics = micro_batch_losses(policy, reference, batch, config, kind,
-                                                             train_reference_logps)
+                example_losses, metrics = step_fn(policy, train_reference, batch, config)
                 # sum / per-rank batch: k micro-batches add up to the mean over the rank's share, and
                 # DDP / FSDP average the ranks' gradients: the mean over the global batch.
                 (example_losses.sum() / per_rank_batch).backward()
@@ -510,40 +377,104 @@ def train(config: Config) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        examples_seen += t.batch_size
-        elapsed = time.perf_counter() - start
+        step, examples_seen = step + 1, examples_seen + t.batch_size
 
         if step % t.log_every == 0 or step == schedule.n_steps:
-            tokens_total = distributed.all_reduce_mean({"tokens": tokens})["tokens"] * ctx.world_size
-            metrics.update({"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                            "examples_per_second": t.batch_size / elapsed, "tokens_per_second": tokens_total / elapsed,
-                            "peak_memory_gb": peak_memory_gb(ctx.device), "counters/updates": step})
-            if ctx.device.type == "cuda":
-                name = torch.cuda.get_device_name(ctx.device)
-                peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-                if peak:  # model FLOPs over all padded positions processed, per GPU
-                    padded = batch["input_ids"].numel() * len(micro_batches)
-                    metrics["mfu"] = flops_per_token * padded / elapsed / peak
+            elapsed = time.perf_counter() - start
+            metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], **{"counters/updates": step},
+                           **throughput_metrics(policy, train_reference, batch, len(micro_batches), tokens,
+                                                t.batch_size, elapsed, ctx, config.data.max_length))
             log.log(metrics, examples_seen)
-            if progress is not None:
-                progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
+            progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
         if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:
-            log.log(evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, eval_reference_logps),
-                    examples_seen)
+            log.log(evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx), examples_seen)
         if t.sample_every and step % t.sample_every == 0:
-            write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir)
+            sample_now()
         if t.save_every and step % t.save_every == 0 and step < schedule.n_steps:
             checkpoint_now()
-        if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
+        progress.update(1)
+    progress.close()
 
-    final_metrics = evaluate(policy, reference, eval_examples, kind, tokenizer, config, ctx, eval_reference_logps)
+    final_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
     log.log(final_metrics, examples_seen)
     checkpoint_now()
-    final_dir, final_tmp = out_dir / "final", out_dir / "final.tmp"  # written aside, then renamed
+    final_dir = save_final(policy, out_dir, ctx, tokenizer)
+    rewards = sample_now() if t.sample_reward and sample_prompts else {}
+    if ctx.is_main:
+        print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
+    log.finish()
+    return final_metrics
+
+
+def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> tuple[int, int]:
+    """(step, examples seen): (0, 0) for a new run; on resume the optimizer, RNG, data position and schedule
+    come back from the checkpoint (its weights were loaded when the policy was built)."""
+    if resume_from is None:
+        return 0, 0
+    state = checkpoint.load_training_state(resume_from, policy, optimizer, ctx)
+    schedule.load_state_dict(state["data"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ctx.is_main:
+        print(f"resumed from {resume_from} at step {state['step']} ({state['examples']} examples)", flush=True)
+    return state["step"], state["examples"]
+
+
+@torch.no_grad()
+def evaluate(policy, reference, eval_examples, step_fn, collate, config, ctx) -> dict:
+    """Metrics averaged over every evaluation example (all ranks), with the reference code's names."""
+    policy.eval()
+    sums, count = {}, torch.zeros((), device=ctx.device)
+    for indices, is_real in batching.eval_micro_batches(len(eval_examples), config.train.micro_batch_size,
+                                                        ctx.world_size, ctx.rank):
+        with autocast(config, ctx):
+            _, metrics = step_fn(policy, reference, collate([eval_examples[i] for i in indices]), config)
+        weight = torch.tensor(is_real, dtype=torch.float32, device=ctx.device)
+        for name, values in metrics.items():
+            name = name.replace("_train/", "_eval/").replace("/train", "/eval")
+            sums[name] = sums.get(name, 0) + (values.float() * weight).sum()
+        count += weight.sum()
+    policy.train()
+    return distributed.all_reduce_mean(sums, count)
+
+
+@torch.no_grad()
+def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log) -> dict:
+    """Completions of the policy and the reference for this rank's share of the prompts (token ids), gathered,
+    appended to samples.jsonl and wandb; returns their mean rewards. Every rank calls it, with or without
+    prompts of its own: under FSDP2 gathering the parameters is collective."""
+    t = config.train
+    prompts = prompts[ctx.rank::ctx.world_size]
+    rows = [{"step": step, "prompt": tokenizer.decode(p)} for p in prompts]
+    for name, model in (("policy", policy), ("reference", reference)):
+        if model is None:
+            continue
+        with distributed.unsharded_for_generation(model):
+            if not prompts:
+                continue
+            generator = torch.Generator(device=ctx.device).manual_seed(t.seed + step + ctx.rank)
+            completions = generate(distributed.unwrap(model), tokenizer, prompts, max_new_tokens=t.sample_max_new_tokens,
+                                   temperature=t.sample_temperature, generator=generator)
+        stop = stop_ids(distributed.unwrap(model), tokenizer)
+        for row, completion in zip(rows, completions):
+            row[name] = completion_text(tokenizer, completion, stop)
+    for name in ("policy", "reference"):
+        if t.sample_reward and rows and name in rows[0]:
+            scores = REWARDS[t.sample_reward]([r["prompt"] for r in rows], [r[name] for r in rows])
+            for row, score in zip(rows, scores):
+                row[f"reward_{name}"] = score
+    rows = distributed.gather_objects(rows)
+    if not ctx.is_main or not rows:
+        return {}
+    log.append_rows("samples", [{"examples": examples_seen, **row} for row in rows], examples_seen)
+    rewards = {f"samples/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("reward_")}
+    if rewards:
+        log.log(rewards, examples_seen)
+    return rewards
+
+
+def save_final(policy, out_dir: Path, ctx, tokenizer) -> Path:
+    """out_dir/final/: the policy in Hugging Face layout, written aside and renamed (a kill keeps the old one)."""
+    final_dir, final_tmp = out_dir / "final", out_dir / "final.tmp"
     if ctx.is_main:
         shutil.rmtree(final_tmp, ignore_errors=True)
     distributed.barrier()
@@ -552,14 +483,7 @@ def train(config: Config) -> dict:
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(final_tmp, final_dir)
     distributed.barrier()
-    rewards = {}
-    if t.sample_reward and sample_prompts:
-        rewards = write_samples(policy, reference, my_prompts, tokenizer, config, ctx, step, examples_seen, log,
-                                out_dir)
-    if ctx.is_main:
-        print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
-    log.finish()
-    return final_metrics
+    return final_dir
 
 
 def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, final_dir: Path) -> str:
@@ -576,26 +500,6 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
                      + (f"reference {before:.3f} -> " if before is not None else "")
                      + f"policy {rewards['samples/reward_policy']:.3f}")
     return "\n".join(lines)
-
-
-def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log, out_dir) -> dict:
-    """Sample on every rank, gather, append to samples.jsonl and wandb; return the mean sample rewards."""
-    rows = sample(policy, reference, prompts, tokenizer, config, ctx, step)
-    if torch.distributed.is_initialized():
-        gathered = [None] * ctx.world_size
-        torch.distributed.all_gather_object(gathered, rows)
-        rows = [r for part in gathered for r in part]
-    if not ctx.is_main or not rows:
-        return {}
-    with open(out_dir / "samples.jsonl", "a") as f:
-        for row in rows:
-            f.write(json.dumps({"examples": examples_seen, **row}) + "\n")
-    columns = list(rows[0])
-    log.table("samples", columns, [[row.get(c) for c in columns] for row in rows], examples_seen)
-    rewards = {f"samples/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("reward_")}
-    if rewards:
-        log.log(rewards, examples_seen)
-    return rewards
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:

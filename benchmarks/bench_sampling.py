@@ -1,15 +1,17 @@
 """Sampling speed of a GPT-2-small-shaped model (random init: 12 layers, 768 wide, 12 heads, vocab 50,257):
-sample.py's generate with the KV cache against no cache (the whole sequence recomputed for every new token).
-A script that prints figures, not a test.
+dpo.generation.generate (the loop sample.py, train.py and the experiments use: KV cache) against no cache
+(the whole sequence recomputed for every new token). A script that prints figures, not a test.
 
     python benchmarks/bench_sampling.py                                    # CPU, small: ~30 s on 2 cores
     python benchmarks/bench_sampling.py --device cuda --batch-size 32 --prompt-len 128 --new-tokens 128 --dtype bfloat16
 
-Both paths draw each token from the same per-row uniforms (dpo.model.sample_token, T = 1), so they
+Both paths draw each token from the same per-row uniforms (dpo.generation.sample_token, T = 1), so they
 should produce the same tokens; the script reports whether they did (float rounding differs between a
 cached and a recomputed forward, so a rare early divergence on a near-tie is possible, not a bug).
 tokens/s counts generated tokens (batch × new tokens) over wall-clock time, prefill included; no EOS
-stops a row early. CPU: one run after a warm-up; CUDA: synchronised, median of --repeat runs after a warm-up.
+stops a row early (the model has no end id and the stand-in tokenizer no EOS). The cached path's time includes
+generate's own work around the loop (padding the prompts into a batch, the completions back to lists).
+CPU: one run after a warm-up; CUDA: synchronised, median of --repeat runs after a warm-up.
 """
 import argparse
 import statistics
@@ -22,7 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import sample  # noqa: E402
-from dpo.model import GPT, GPTConfig, attention_backends, sample_token  # noqa: E402
+from dpo.generation import attention_backends, generate, sample_token  # noqa: E402
+from dpo.model import GPT, GPTConfig  # noqa: E402
+
+
+class NoEosTokenizer:
+    """What generate asks of a tokenizer, for random token ids: no EOS (no row stops early), pad id 0
+    (the prompts all have the same length: nothing is padded)."""
+    eos_id = None
+
+    def pad_id_or_eos(self) -> int:
+        return 0
 
 
 @torch.no_grad()
@@ -39,9 +51,8 @@ def generate_without_cache(model, input_ids, max_new_tokens, uniforms):
 
 
 def with_cache(model, input_ids, max_new_tokens, uniforms):
-    out = model.generate(input_ids, torch.ones_like(input_ids), max_new_tokens, temperature=1.0, eos_id=[],
-                         uniforms=uniforms)
-    return out[:, input_ids.shape[1]:]
+    return generate(model, NoEosTokenizer(), input_ids.tolist(), max_new_tokens=max_new_tokens, temperature=1.0,
+                    uniforms=uniforms)
 
 
 def timed(fn, device, repeat):
@@ -100,7 +111,7 @@ def main(argv=None):
     for label, seconds in results.items():
         print(f"  {label:9s} {B * n / seconds:9.1f} tokens/s   ({seconds:.2f} s)")
     if "no cache" in results:
-        same = torch.equal(cached, naive)
+        same = cached == naive.tolist()
         print(f"  speed-up {results['no cache'] / results['KV cache']:.1f}x; identical tokens: {same}")
 
 

@@ -110,37 +110,6 @@ def _build(ids: dict, response_keys: tuple, eos_id: int, **truncation_args):
     return out, None
 
 
-def tokenize_preference(example: dict, tokenizer, *, max_length: int, max_prompt_length: int,
-                        truncation: str = "reference", prompt_truncation_side: str = "keep_start"):
-    """{"prompt", "chosen", "rejected"} -> ({"prompt_input_ids", "chosen_input_ids", "chosen_labels",
-    "rejected_input_ids", "rejected_labels", "prompt_truncated", "responses_truncated", "eos_removed"},
-    None), or (None, drop reason)."""
-    check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
-    return _build(encode_example(example, tokenizer), ("chosen", "rejected"), tokenizer.eos_id,
-                  max_length=max_length, max_prompt_length=max_prompt_length, truncation=truncation,
-                  prompt_truncation_side=prompt_truncation_side)
-
-
-def tokenize_sft(example: dict, tokenizer, *, max_length: int, max_prompt_length: int,
-                 truncation: str = "reference", prompt_truncation_side: str = "keep_start"):
-    """{"prompt", "completion"} -> ({"prompt_input_ids", "input_ids", "labels", ...flags}, None) or
-    (None, drop reason). With an empty prompt the first completion token gets no loss (nothing precedes it)."""
-    check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
-    return _build(encode_example(example, tokenizer), ("completion",), tokenizer.eos_id,
-                  max_length=max_length, max_prompt_length=max_prompt_length, truncation=truncation,
-                  prompt_truncation_side=prompt_truncation_side)
-
-
-def tokenize_lm_blocks(texts: list[str], tokenizer, block_size: int) -> list[dict]:
-    """Language modelling from scratch (nanoGPT style): every text + EOS, concatenated and cut into blocks
-    of block_size tokens, every position trained. The last block may be shorter (collation pads it)."""
-    stream = []
-    for i, text in enumerate(texts):
-        stream += _encode(tokenizer, text, "text", f"text {i}") + [tokenizer.eos_id]
-    return [{"prompt_input_ids": [], "input_ids": stream[i:i + block_size], "labels": stream[i:i + block_size],
-             "index": i // block_size} for i in range(0, len(stream), block_size)]
-
-
 def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: int, max_prompt_length: int,
                      truncation: str = "reference", prompt_truncation_side: str = "keep_start",
                      boundary_checks: int = 256):
@@ -194,9 +163,8 @@ def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, ma
     if kind not in ("preference", "sft"):
         raise DataError(f"format {fmt!r} gives {kind} examples, not preference or sft")
     if 0 < limit < len(examples):
-        chosen = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:limit]
         counts[f"not used (limit={limit}, seeded subset)"] += len(examples) - limit
-        examples = [examples[i] for i in sorted(chosen.tolist())]
+        examples = [examples[i] for i in data.seeded_subset(len(examples), limit, seed)]
     side = prompt_truncation_side or data.DEFAULT_PROMPT_TRUNCATION_SIDE.get(fmt, "keep_start")
     kept, stats = tokenize_dataset(examples, tokenizer, kind=kind, max_length=max_length,
                                    max_prompt_length=max_prompt_length, truncation=truncation,
@@ -208,58 +176,43 @@ def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, ma
 # Collation
 
 
-def pad_id_for(tokenizer) -> int:
-    """The id written into padding: the tokenizer's pad id, else EOS (GPT-2 has no pad token). Its value
-    never matters: attention_mask is 0 and labels are −100 there."""
-    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-
-
-def _padded_length(rows: list[list[int]], pad_to_multiple_of: int | None) -> int:
+def pad_rows(rows: list[list[int]], value: int, *, left: bool = False, multiple_of: int | None = None):
+    """Token rows -> (ids [B, T] filled with `value` beyond each row, attention_mask [B, T]: 1 on the row's
+    tokens), T = the longest row rounded up to multiple_of. Right-padded, or left-padded with `left` (prompts
+    for generation: every row's next token then goes at position T; positions come from the mask)."""
     length = max(len(r) for r in rows)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    return length
-
-
-def _pad(rows: list[list[int]], value: int, length: int, left: bool = False) -> torch.Tensor:
-    out = torch.full((len(rows), length), value, dtype=torch.long)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    ids = torch.full((len(rows), length), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):
-        if row and left:
-            out[i, length - len(row):] = torch.tensor(row)
-        elif row:
-            out[i, :len(row)] = torch.tensor(row)
-    return out
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
 
 
-def _collate(input_rows, label_rows, pad_id: int, pad_to_multiple_of, indices) -> dict:
-    length = _padded_length(input_rows, pad_to_multiple_of)
-    return {"input_ids": _pad(input_rows, pad_id, length),
-            "attention_mask": _pad([[1] * len(r) for r in input_rows], 0, length),
-            "labels": _pad(label_rows, IGNORE_INDEX, length),
+def collate(input_rows: list[list[int]], label_rows: list[list[int]], indices: list[int], pad_id: int,
+            pad_to_multiple_of: int | None = None) -> dict:
+    """Right-padded input_ids, attention_mask, labels (−100 on padding): [N, T]; indices: the examples'
+    dataset indices."""
+    input_ids, attention_mask = pad_rows(input_rows, pad_id, multiple_of=pad_to_multiple_of)
+    labels, _ = pad_rows(label_rows, IGNORE_INDEX, multiple_of=pad_to_multiple_of)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "indices": torch.tensor(indices, dtype=torch.long)}
 
 
 def collate_preference(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
     """B tokenized pairs -> input_ids, attention_mask, labels: [2B, T] (rows 0..B−1 chosen, B..2B−1
-    rejected, one forward pass), right-padded to the longest of both (rounded up to pad_to_multiple_of);
-    indices: [B] the pairs' dataset indices."""
+    rejected, one forward pass), right-padded to the longest of both; indices: [B]."""
     rows = [ex["chosen_input_ids"] for ex in batch] + [ex["rejected_input_ids"] for ex in batch]
     labels = [ex["chosen_labels"] for ex in batch] + [ex["rejected_labels"] for ex in batch]
-    return _collate(rows, labels, pad_id, pad_to_multiple_of, [ex.get("index", -1) for ex in batch])
+    return collate(rows, labels, [ex["index"] for ex in batch], pad_id, pad_to_multiple_of)
 
 
 def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
     """B tokenized SFT examples -> input_ids, attention_mask, labels: [B, T] right-padded; indices: [B]."""
-    return _collate([ex["input_ids"] for ex in batch], [ex["labels"] for ex in batch], pad_id,
-                    pad_to_multiple_of, [ex.get("index", -1) for ex in batch])
-
-
-def collate_prompts(prompts: list[list[int]], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
-    """Prompt ids for generation -> input_ids, attention_mask: [B, T] LEFT-padded so that every row's
-    next token goes at position T. Positions must come from attention_mask (cumsum − 1), not arange."""
-    length = _padded_length(prompts, pad_to_multiple_of)
-    return {"input_ids": _pad(prompts, pad_id, length, left=True),
-            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, length, left=True)}
+    return collate([ex["input_ids"] for ex in batch], [ex["labels"] for ex in batch],
+                   [ex["index"] for ex in batch], pad_id, pad_to_multiple_of)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from dpo.files import atomic_write
+
 
 class ConfigError(ValueError):
     pass
@@ -49,12 +51,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "sigmoid"           # a key of dpo.losses.LOSSES, or sft | reward_model
+    name: str = "sigmoid"           # a key of dpo.losses.LOSSES (or a mix: sigmoid+sft), classifier, reward_model
     beta: float = 0.1
     label_smoothing: float = 0.0    # conservative DPO epsilon
-    reference_free: bool = False
     rpo_alpha: float = 0.0          # weight of an NLL term on the chosen response (RPO); 0 = off
-    options: dict = field(default_factory=dict)  # extra keyword arguments passed to the loss function
+    ld_alpha: float = 1.0           # LD-DPO: weight of response tokens past the shorter response (1 = off)
+    wpo: bool = False               # WPO: weight each pair by the policy's probability of it
+    options: dict = field(default_factory=dict)  # the losses' own options (see dpo.losses.LOSSES)
 
 
 @dataclass
@@ -153,9 +156,11 @@ def _set_dotted(values: dict, dotted: str, value):
     values[last] = value
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- YAML file <- `key=value` overrides (values parsed as YAML: 1e-6, true, [a, b])."""
-    config = Config()
+def load_config(path: str | None = None, overrides: list[str] = (), cls=Config):
+    """Defaults <- YAML file <- `key=value` overrides (values parsed as YAML: 1e-6, true, [a, b]).
+
+    cls: the dataclass to fill (Config for train.py; the experiment drivers pass their own)."""
+    config = cls()
     if path:
         try:
             text = Path(path).read_text()
@@ -176,9 +181,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     return config
 
 
-def save_config(config: Config, path) -> None:
-    """Write the resolved config as YAML (atomically), so a run records exactly what it ran."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    tmp.replace(path)
+def save_config(config, path) -> None:
+    """Write the resolved config (any of these dataclasses) as YAML, atomically, so a run records exactly
+    what it ran."""
+    atomic_write(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,4 +1,4 @@
-"""Readers for the paper's datasets in their published formats, the download CLI, and the data summary.
+"""Readers for the paper's datasets in their published formats, the JSON-lines reader, and the data summary.
 
 Every reader returns plain dicts (one per example) and never touches a tokenizer:
 
@@ -11,7 +11,7 @@ Bad input raises `DataError` whose one-line message names the file and line (or 
 what was expected. Records a reader leaves out on purpose are counted in a `collections.Counter` the
 caller passes in (`counts`) and shown by `format_summary`; nothing is skipped silently.
 
-Published formats (SPEC.md §4) and choices made here:
+Published formats and the choices made here:
 - IMDB: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt (+ train/unsup), read from the folder or
   straight from aclImdb_v1.tar.gz. `<br />` tags: neither the paper nor its authors' code say what their
   (unreleased) IMDB pipeline did with them. We replace each `<br />` (also `<br>`, `<br/>`) by "\\n", so
@@ -27,17 +27,16 @@ Published formats (SPEC.md §4) and choices made here:
   transcript does not start with that prompt, or with an empty response, is dropped and counted (the
   published files are not ours to fix); the generic JSONL readers raise on an empty response instead.
 """
-import argparse
 import gzip
 import json
-import os
 import re
 import sys
 import tarfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
+
+import torch
 
 from dpo import quickstart
 
@@ -69,8 +68,23 @@ def _lines(path):
         raise DataError(f"{path}: truncated or unreadable after line {lineno} ({e})") from None
 
 
-def read_jsonl(path, counts: Counter | None = None):
-    """Yield (line number, object) for each non-blank line of a JSON-lines file (.gz allowed)."""
+def read_jsonl(path, counts: Counter | None = None, *, resumable: bool = False):
+    """Yield (line number, object) for each non-blank line of a JSON-lines file (.gz allowed).
+
+    resumable: a file that a run appends to (samples, labels). A missing file holds no rows, and a last
+    line without its newline (a write cut by a kill) is dropped, said on stderr, and cut off the file so
+    that the next append starts on a clean line."""
+    path = Path(path)
+    if resumable:
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):
+            print(f"{path}: dropping an incomplete last line ({len(raw) - end} bytes, cut by an interrupted "
+                  f"write); it will be redone", file=sys.stderr)
+            with open(path, "r+b") as f:
+                f.truncate(end)
     for lineno, line in _lines(path):
         if not line.strip():
             if counts is not None:
@@ -85,7 +99,7 @@ def read_jsonl(path, counts: Counter | None = None):
         yield lineno, obj
 
 
-def _get(obj: dict, key: str, where: str, kind=str, nonempty: bool = False):
+def get_field(obj: dict, key: str, where: str, kind=str, nonempty: bool = False):
     """obj[key], checked: present, of type `kind`, and (for strings) not blank when `nonempty`."""
     if key not in obj:
         raise DataError(f"{where}: missing key '{key}'")
@@ -102,9 +116,9 @@ def read_preference_jsonl(path, counts: Counter | None = None) -> list[dict]:
     examples = []
     for lineno, obj in read_jsonl(path, counts):
         where = f"{path}:{lineno}"
-        examples.append({"prompt": _get(obj, "prompt", where),
-                         "chosen": _get(obj, "chosen", where, nonempty=True),
-                         "rejected": _get(obj, "rejected", where, nonempty=True), "source": where})
+        examples.append({"prompt": get_field(obj, "prompt", where),
+                         "chosen": get_field(obj, "chosen", where, nonempty=True),
+                         "rejected": get_field(obj, "rejected", where, nonempty=True), "source": where})
     return examples
 
 
@@ -113,15 +127,14 @@ def read_sft_jsonl(path, counts: Counter | None = None) -> list[dict]:
     examples = []
     for lineno, obj in read_jsonl(path, counts):
         where = f"{path}:{lineno}"
-        examples.append({"prompt": _get(obj, "prompt", where),
-                         "completion": _get(obj, "completion", where, nonempty=True), "source": where})
+        examples.append({"prompt": get_field(obj, "prompt", where),
+                         "completion": get_field(obj, "completion", where, nonempty=True), "source": where})
     return examples
 
 
 def read_text(path, counts: Counter | None = None) -> list[dict]:
     """Plain UTF-8 text for language modelling: one SFT example (prompt "") per document, documents being
-    separated by blank lines. For fixed-length blocks over the whole file use
-    `batching.tokenize_lm_blocks` on the documents' texts instead."""
+    separated by blank lines."""
     examples, doc, start = [], [], 0
     for lineno, line in list(_lines(path)) + [(None, "")]:
         if line.strip():
@@ -178,7 +191,7 @@ def _imdb_location(path) -> Path:
         if candidate.is_file() or (candidate / "train").is_dir() or (candidate / "test").is_dir():
             return candidate
     raise DataError(f"{path}: neither an aclImdb folder (train/, test/) nor aclImdb_v1.tar.gz; "
-                    f"get it with: python -m dpo.data download imdb --out DIR")
+                    f"get it with: python -m dpo.interop.datasets download imdb --out DIR")
 
 
 def read_imdb(path, split: str = "train", br: str = "newline") -> list[dict]:
@@ -268,8 +281,8 @@ TLDR_COMPARISON_FILES = tuple(f"batch{i}.json" for i in range(3, 21)) + (
 
 
 def tldr_prompt(info: dict, where: str) -> str:
-    return TLDR_TEMPLATE.format(subreddit=_get(info, "subreddit", where), title=_get(info, "title", where),
-                                post=_get(info, "post", where, nonempty=True))
+    return TLDR_TEMPLATE.format(subreddit=get_field(info, "subreddit", where), title=get_field(info, "title", where),
+                                post=get_field(info, "post", where, nonempty=True))
 
 
 def read_tldr_sft(path, split: str = "train", counts: Counter | None = None) -> list[dict]:
@@ -284,8 +297,8 @@ def read_tldr_sft(path, split: str = "train", counts: Counter | None = None) -> 
     for lineno, obj in read_jsonl(path, counts):
         where = f"{path}:{lineno}"
         examples.append({"prompt": tldr_prompt(obj, where),
-                         "completion": " " + _get(obj, "summary", where, nonempty=True).strip(),
-                         "id": _get(obj, "id", where), "source": where})
+                         "completion": " " + get_field(obj, "summary", where, nonempty=True).strip(),
+                         "id": get_field(obj, "id", where), "source": where})
     return examples
 
 
@@ -295,7 +308,7 @@ def _comparison_files(path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder (get the comparisons with: "
-                        f"python -m dpo.data download tldr-comparisons --out DIR)")
+                        f"python -m dpo.interop.datasets download tldr-comparisons --out DIR)")
     missing = [name for name in TLDR_COMPARISON_FILES if not (path / name).is_file()]
     if missing:
         raise DataError(f"{path}: missing {', '.join(missing)} of the published comparison files "
@@ -314,15 +327,15 @@ def read_tldr_comparisons(path, split: str | None = "train", counts: Counter | N
     for file in _comparison_files(path):
         for lineno, obj in read_jsonl(file, counts):
             where = f"{file}:{lineno}"
-            info = _get(obj, "info", where, dict)
-            summaries = _get(obj, "summaries", where, list)
+            info = get_field(obj, "info", where, dict)
+            summaries = get_field(obj, "summaries", where, list)
             if len(summaries) != 2 or not all(isinstance(s, dict) for s in summaries):
                 raise DataError(f"{where}: key 'summaries' must be a list of two objects")
-            texts = [_get(s, "text", f"{where}: summaries[{i}]", nonempty=True) for i, s in enumerate(summaries)]
-            choice = _get(obj, "choice", where, int)
+            texts = [get_field(s, "text", f"{where}: summaries[{i}]", nonempty=True) for i, s in enumerate(summaries)]
+            choice = get_field(obj, "choice", where, int)
             if choice not in (0, 1):
                 raise DataError(f"{where}: key 'choice' must be 0 or 1, got {choice}")
-            if split is not None and _get(obj, "split", where) != split:
+            if split is not None and get_field(obj, "split", where) != split:
                 counts["comparisons of other splits (not selected)"] += 1
                 continue
             if "post" not in info:
@@ -365,10 +378,10 @@ def read_hh(path, split: str = "train", counts: Counter | None = None) -> list[d
     for file in files:
         for lineno, obj in read_jsonl(file, counts):
             where = f"{file}:{lineno}"
-            prompt, chosen = split_hh_transcript(_get(obj, "chosen", where))
+            prompt, chosen = split_hh_transcript(get_field(obj, "chosen", where))
             if not prompt:
                 raise DataError(f"{where}: chosen transcript has no '\\n\\nAssistant:' turn")
-            rejected_transcript = _get(obj, "rejected", where)
+            rejected_transcript = get_field(obj, "rejected", where)
             if not rejected_transcript.startswith(prompt):
                 counts["HH pairs whose rejected transcript has another prompt"] += 1
                 continue
@@ -426,6 +439,14 @@ def load_examples(fmt: str, path, split: str = "train") -> tuple[str, list[dict]
 # Summary printed before training
 
 
+def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
+    """Indices of a random subset of n of range(n_total), drawn by torch.randperm seeded by `seed`, in
+    increasing (file) order; all of range(n_total) when n <= 0 or n >= n_total."""
+    if n <= 0 or n >= n_total:
+        return list(range(n_total))
+    return sorted(torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
 def percentiles(values: list[int]) -> dict:
     """p50 / p90 / p99 (nearest rank) and max of a list of lengths."""
     if not values:
@@ -456,83 +477,3 @@ def format_summary(name: str, read_counts: Counter, token_stats: dict | None = N
             lines.append(f"  prompt|response tokenized apart != together in {s['boundary_differs']} "
                          f"of {s['boundary_checked']} checked (we use the ids tokenized apart)")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Download CLI: python -m dpo.data download imdb|tldr|tldr-comparisons|hh --out DIR
-
-BASE_URL_ENV = "DPO_DATA_BASE_URL"  # replaces scheme://host of every URL below (tests, mirrors)
-IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
-IMDB_SIZE = 84_125_825
-_OPENAI = "https://openaipublic.blob.core.windows.net/summarize-from-feedback"
-_HH = "https://raw.githubusercontent.com/anthropics/hh-rlhf/master"
-# name -> [(url, path under --out, expected size or None: then the server's Content-Length is checked)]
-DOWNLOADS = {
-    "imdb": [(IMDB_URL, "aclImdb_v1.tar.gz", IMDB_SIZE)],
-    "tldr": [(f"{_OPENAI}/datasets/tldr_3_filtered/{s}.jsonl", f"tldr_3_filtered/{s}.jsonl", None)
-             for s in TLDR_SFT_SPLITS],
-    "tldr-comparisons": [(f"{_OPENAI}/dataset/comparisons/{f}", f"comparisons/{f}", None)
-                         for f in TLDR_COMPARISON_FILES],
-    "hh": [(f"{_HH}/{subset}/{s}.jsonl.gz", f"hh-rlhf/{subset}/{s}.jsonl.gz", None)
-           for subset in HH_SUBSETS for s in ("train", "test")],
-}
-
-
-def download_dataset(name: str, out, base_url: str | None = None) -> list[Path]:
-    """Fetch the published files of `name` (a key of DOWNLOADS) under `out`; files already complete are
-    kept, partial ones resumed. Raises dpo.interop.download.DownloadError (e.g. offline) or DataError."""
-    from dpo.interop.download import download
-
-    if name not in DOWNLOADS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DOWNLOADS)}")
-    base_url = base_url or os.environ.get(BASE_URL_ENV)
-    paths = []
-    for url, rel, size in DOWNLOADS[name]:
-        if base_url:
-            url = base_url.rstrip("/") + urlsplit(url).path
-        paths.append(download(url, Path(out) / rel, expected_size=size, desc=rel))
-    return paths
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo.data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("download", help="fetch a published dataset")
-    p.add_argument("name", choices=list(DOWNLOADS))
-    p.add_argument("--out", required=True, help="folder to put the files in")
-    p.add_argument("--base-url", default=None, help=f"replace the host of the URLs (or ${BASE_URL_ENV})")
-    p = sub.add_parser("summary", help="read a dataset and print its summary")
-    p.add_argument("format", choices=list(FORMATS))
-    p.add_argument("path")
-    p.add_argument("--split", default="train")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder: adds token statistics (sft, preference)")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--truncation", default="reference", choices=["reference", "keep_response"])
-    p.add_argument("--prompt-truncation-side", default=None, choices=["keep_start", "keep_end"])
-    p.add_argument("--limit", type=int, default=0, help="tokenize a seeded random subset of this many")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "download":
-            for path in download_dataset(args.name, args.out, args.base_url):
-                print(path)
-            return 0
-        if not args.tokenizer:
-            _, _, counts = load_examples(args.format, args.path, args.split)
-            print(format_summary(f"{args.format} {args.path} [{args.split}]", counts))
-            return 0
-        from dpo.batching import load_tokenized
-        from dpo.tokenizer import Tokenizer
-
-        print(load_tokenized(args.format, args.path, args.split, Tokenizer.from_pretrained(args.tokenizer),
-                             max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                             truncation=args.truncation, prompt_truncation_side=args.prompt_truncation_side,
-                             limit=args.limit)[2])
-        return 0
-    except (ValueError, RuntimeError) as e:  # DataError, TokenizerError; DownloadError is a RuntimeError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

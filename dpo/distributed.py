@@ -64,12 +64,13 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def broadcast_object(obj, src: int = 0):
+def gather_objects(items: list) -> list:
+    """Every rank's list concatenated in rank order (all ranks call it; the same list on every rank)."""
     if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
+        return items
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
 
 
 def barrier():
@@ -133,3 +134,22 @@ def gradient_sync(model: nn.Module, enabled: bool):
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(enabled)
     yield
+
+
+@contextlib.contextmanager
+def unsharded_for_generation(model: nn.Module):
+    """Under FSDP2, gather each block's parameters once for the whole generation instead of once per token
+    (per forward), and without collectives in the token loop, so ranks may stop after different numbers
+    of tokens without hanging. A no-op for unsharded models."""
+    from torch.distributed.fsdp import FSDPModule
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in fsdp_modules:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in fsdp_modules:
+            m.reshard()
+            # blocks reshard after forward in training; the root keeps FSDP2's default (it does not)
+            m.set_reshard_after_forward(m is not model, recurse=False)

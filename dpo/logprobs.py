@@ -6,22 +6,21 @@ summed over the response tokens only. Labels are the input ids with −100 on pr
 positions and are NOT shifted: the logits at position t predict the label at position t + 1, so every
 per-token tensor here is [B, T−1] and lines up with `labels[:, 1:]`.
 
-Two paths give the same values and gradients:
-- from logits (`token_logps`, `sequence_logps`): the caller already holds the [B, T, V] logits. We never
-  build a log_softmax copy of them: each chunk of rows is upcast to fp32, reduced to its logsumexp and
-  its selected logit, and dropped. The backward writes the softmax gradient chunk by chunk into the one
-  [B, T, V] gradient buffer autograd needs anyway.
-- from the final hidden states and the output projection (`chunked_token_logps`,
-  `chunked_sequence_logps`): logits are formed only for the response rows, `chunk_size` rows at a time,
-  in forward and again in backward, so the [B, T, V] logits never exist. This is where DPO's memory goes
-  on small and medium models (batch × length × vocab × 4 bytes, twice with the gradient).
+The logits are never built whole: `chunked_token_logps` takes the final hidden states and the output
+projection, forms logits only for the response rows, `chunk_size` rows at a time, in forward and again in
+backward, and keeps one logsumexp per row. That is where DPO's memory goes on small and medium models
+(batch × length × vocab × 4 bytes, twice with the gradient); the values and gradients equal those of
+log_softmax(lm_head(hidden)).gather(labels).
 
-Everything is returned in fp32 whatever the input dtype (SPEC §1: log-probs in fp32).
-The per-token tensors also feed the per-token quantities some losses need: the unlikelihood term,
-LD-DPO's shared/tail split and WPO's weights (functions at the end of this file).
+Everything is returned in fp32 whatever the model's dtype: sums of hundreds of bf16 log-probs lose the
+small differences between chosen and rejected that the loss is made of. The per-token tensors also feed
+the per-token quantities some losses need: the unlikelihood term, LD-DPO's shared/tail split and WPO's
+weights (functions at the end of this file).
 """
 import torch
 import torch.nn.functional as F
+
+from dpo.distributed import unwrap
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024  # rows (token positions) per chunk: 1024 × 50,257 fp32 logits ≈ 206 MB
@@ -32,7 +31,7 @@ def response_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
-def _shifted_rows(labels: torch.Tensor):
+def response_rows(labels: torch.Tensor):
     """Flattened view of the (position t predicts label t+1) pairing.
 
     Returns rows [M] (indices into the [B*T] flattened positions whose next label is a response token)
@@ -57,61 +56,6 @@ def _softmax_grad_(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, gr
     z.sub_(lse[:, None]).exp_().mul_(-grad[:, None])
     z[torch.arange(z.shape[0], device=z.device), targets] += grad
     return z
-
-
-class _TokenLogpsFromLogits(torch.autograd.Function):
-    """(logits_flat [N, V], rows [M], targets [M]) -> (logps [M] fp32, log Σ_v p_v² [M] fp32 or empty)."""
-
-    @staticmethod
-    def forward(ctx, logits_flat, rows, targets, chunk_size, with_log_sum_sq):
-        M = rows.shape[0]
-        logps = torch.zeros(M, dtype=torch.float32, device=logits_flat.device)
-        lse = torch.zeros_like(logps)
-        log_sum_sq = torch.zeros_like(logps) if with_log_sum_sq else logps.new_empty(0)
-        for i in range(0, M, chunk_size):
-            z = logits_flat.index_select(0, rows[i:i + chunk_size]).float()
-            lse[i:i + chunk_size] = torch.logsumexp(z, dim=-1)
-            selected = z.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
-            logps[i:i + chunk_size] = selected - lse[i:i + chunk_size]
-            if with_log_sum_sq:  # log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z)
-                log_sum_sq[i:i + chunk_size] = torch.logsumexp(2 * z, dim=-1) - 2 * lse[i:i + chunk_size]
-        ctx.save_for_backward(logits_flat, rows, targets, lse)
-        ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(log_sum_sq)
-        return logps, log_sum_sq
-
-    @staticmethod
-    def backward(ctx, grad_logps, _grad_log_sum_sq):
-        logits_flat, rows, targets, lse = ctx.saved_tensors
-        grad_logits = torch.zeros_like(logits_flat)
-        for i in range(0, rows.shape[0], ctx.chunk_size):
-            chunk_rows = rows[i:i + ctx.chunk_size]
-            z = logits_flat.index_select(0, chunk_rows).float()
-            g = _softmax_grad_(z, lse[i:i + ctx.chunk_size], targets[i:i + ctx.chunk_size],
-                               grad_logps[i:i + ctx.chunk_size].float())
-            grad_logits.index_copy_(0, chunk_rows, g.to(grad_logits.dtype))
-        return grad_logits, None, None, None, None
-
-
-def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                with_log_sum_sq: bool = False):
-    """Per-token log-probs of the labels from full logits.
-
-    logits: [B, T, V] any float dtype; labels: [B, T] with −100 on prompt/padding (unshifted).
-    Returns token_logps [B, T−1] fp32 (0 where labels[:, 1:] == −100), differentiable w.r.t. logits;
-    with `with_log_sum_sq`, also log Σ_v p_v² [B, T−1] (no gradient; for WPO weights).
-    """
-    B, T, V = logits.shape
-    if labels.shape != (B, T):
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape)}")
-    rows, targets = _shifted_rows(labels)
-    if targets.numel() and (targets.min() < 0 or targets.max() >= V):
-        raise ValueError(f"labels hold token ids outside [0, {V}) other than {IGNORE_INDEX}")
-    # .reshape is a view for the contiguous logits a model returns (a copy otherwise).
-    logps, log_sum_sq = _TokenLogpsFromLogits.apply(logits.reshape(B * T, V), rows, targets, chunk_size,
-                                                    with_log_sum_sq)
-    out = _to_token_grid(logps, rows, B, T)
-    return (out, _to_token_grid(log_sum_sq, rows, B, T)) if with_log_sum_sq else out
 
 
 def _projection_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -190,17 +134,17 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
 
     hidden: [B, T, C] (the model's final normalised hidden states); weight: [V, C]; bias: [V] or None
     (so logits == F.linear(hidden, weight, bias) == model.lm_head(hidden)); labels: [B, T] unshifted.
-    Returns token_logps [B, T−1] fp32, equal in value and gradient (w.r.t. hidden, weight, bias) to
-    `token_logps(F.linear(hidden, weight, bias), labels)`, without ever holding more than
-    `chunk_size` × V logits. The projection runs in the dtype `lm_head` would use (autocast's, else the
-    weight's); the softmax math in fp32. With `with_log_sum_sq`, also log Σ_v p_v² [B, T−1] (no gradient).
-    """
+    Returns (token_logps [B, T−1] fp32, 0 off the response, equal in value and gradient (w.r.t. hidden,
+    weight, bias) to log_softmax(F.linear(hidden, weight, bias))[label], without ever holding more than
+    `chunk_size` × V logits; log Σ_v p_v² [B, T−1] with `with_log_sum_sq` (no gradient; WPO), else None).
+    The projection runs in the dtype `lm_head` would use (autocast's, else the weight's); the softmax math
+    in fp32."""
     B, T, C = hidden.shape
     if labels.shape != (B, T):
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match hidden {tuple(hidden.shape)}")
     if weight.shape[1] != C:
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {C}")
-    rows, targets = _shifted_rows(labels)
+    rows, targets = response_rows(labels)
     if targets.numel() and (targets.min() < 0 or targets.max() >= weight.shape[0]):
         raise ValueError(f"labels hold token ids outside [0, {weight.shape[0]}) other than {IGNORE_INDEX}")
     # Only response rows get logits; index_select's backward scatters grad_hidden back (prompt rows get 0).
@@ -208,42 +152,44 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     logps, log_sum_sq = _TokenLogpsFromHidden.apply(hidden_rows, weight, bias, targets, chunk_size,
                                                     with_log_sum_sq, _projection_dtype(hidden, weight))
     out = _to_token_grid(logps, rows, B, T)
-    return (out, _to_token_grid(log_sum_sq, rows, B, T)) if with_log_sum_sq else out
+    return out, (_to_token_grid(log_sum_sq, rows, B, T) if with_log_sum_sq else None)
 
 
-def reduce_token_logps(token_logps: torch.Tensor, mask: torch.Tensor, average: bool = False):
-    """token_logps, mask: [B, T−1] -> (logps [B], n_tokens [B]): the sum (or mean) over response tokens."""
+def model_token_logps(model, batch: dict, with_log_sum_sq: bool = False):
+    """log π(y_t | x, y_<t) of every label of a batch: (token_logps [N, T−1] fp32, log Σ_v p_v² or None).
+
+    One forward to the final hidden states [N, T, C]; the log-probs are gathered from them and the
+    output projection chunk by chunk (`chunked_token_logps`), so the [N, T, V] logits never exist."""
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
+    head = unwrap(model).lm_head
+    # FSDP2 keeps the root's parameters (lm_head among them) gathered after forward; should they be
+    # sharded DTensors, gather them (differentiably: the gradient is scattered back to the shards).
+    weight, bias = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
+    return chunked_token_logps(hidden, weight, bias, batch["labels"], with_log_sum_sq=with_log_sum_sq)
+
+
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float | None = None):
+    """log π(y|x) per row: token_logps, mask [N, T−1] -> (logps [N], n_tokens [N]), the sum over response tokens.
+
+    With ld_alpha, LD-DPO's length-desensitised log-prob (Liu et al., 2024, "Length Desensitization in
+    DPO"), for rows laid out as a preference batch (chosen rows, then rejected rows):
+
+        log π̃(y|x) = Σ_{t ≤ l_p} log p_t + α · Σ_{t > l_p} log p_t,   l_p = min(|y_w|, |y_l|)
+
+    the "public length" of each pair: the first l_p response tokens count in full, the verbose tail is
+    down-weighted by α ∈ [0, 1] (α = 1: plain DPO). Applied to policy and reference alike, as TRL does."""
     n_tokens = mask.sum(-1)
-    logps = token_logps.masked_fill(~mask, 0).sum(-1)
-    if average:
-        logps = logps / n_tokens.clamp(min=1)
+    if ld_alpha is None:
+        return token_logps.masked_fill(~mask, 0).sum(-1), n_tokens
+    if not 0.0 <= ld_alpha <= 1.0:
+        raise ValueError(f"ld_alpha must be in [0, 1], got {ld_alpha}")
+    position = mask.cumsum(-1)  # 1-based index of each response token within its response
+    chosen_n, rejected_n = n_tokens.chunk(2)
+    public = torch.minimum(chosen_n, rejected_n).repeat(2)[:, None]
+    shared = mask & (position <= public)
+    tail = mask & (position > public)
+    logps = token_logps.masked_fill(~shared, 0).sum(-1) + ld_alpha * token_logps.masked_fill(~tail, 0).sum(-1)
     return logps, n_tokens
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = False, *,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """log π(y|x) per sequence from logits. logits: [B, T, V], labels: [B, T] (−100 = not scored).
-
-    Returns (logps [B] fp32: sum over response tokens, or their mean with `average`,
-             n_tokens [B] long: number of response tokens)."""
-    return reduce_token_logps(token_logps(logits, labels, chunk_size=chunk_size), response_mask(labels), average)
-
-
-def chunked_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                           labels: torch.Tensor, average: bool = False, *, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """`sequence_logps(F.linear(hidden, weight, bias), labels, average)` without the [B, T, V] logits.
-
-    hidden: [B, T, C], weight: [V, C], bias: [V] | None, labels: [B, T]. Returns (logps [B], n_tokens [B])."""
-    tok = chunked_token_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
-    return reduce_token_logps(tok, response_mask(labels), average)
-
-
-def split_chosen_rejected(x: torch.Tensor):
-    """[2B, ...] -> ([B, ...], [B, ...]): the batch holds the chosen in rows [:B], the rejected in [B:]."""
-    if x.shape[0] % 2:
-        raise ValueError(f"expected an even batch (chosen then rejected rows), got {x.shape[0]} rows")
-    half = x.shape[0] // 2
-    return x[:half], x[half:]
 
 
 # ----- per-token quantities some losses and options need -------------------------------------------------
@@ -257,26 +203,6 @@ def sequence_unlikelihood(token_logps: torch.Tensor, mask: torch.Tensor, eps: fl
     return torch.log(one_minus_p).masked_fill(~mask, 0).sum(-1)
 
 
-def ld_sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float):
-    """LD-DPO's length-desensitised log π(y|x) (Liu et al., 2024, "Length Desensitization in DPO").
-
-        log π̃(y|x) = Σ_{t ≤ l_p} log p_t + α · Σ_{t > l_p} log p_t,   l_p = min(|y_w|, |y_l|)
-
-    the "public length" of each pair: the first l_p response tokens count in full, the verbose tail is
-    down-weighted by α ∈ [0, 1] (α = 1: plain DPO). Applied to policy and reference alike, as TRL does.
-    token_logps, mask: [2B, T−1] (chosen rows then rejected rows) -> (logps [2B], n_tokens [2B])."""
-    if not 0.0 <= ld_alpha <= 1.0:
-        raise ValueError(f"ld_alpha must be in [0, 1], got {ld_alpha}")
-    position = mask.cumsum(-1)  # 1-based index of each response token within its response
-    n_tokens = mask.sum(-1)
-    chosen_n, rejected_n = split_chosen_rejected(n_tokens)
-    public = torch.minimum(chosen_n, rejected_n).repeat(2)[:, None]
-    shared = mask & (position <= public)
-    tail = mask & (position > public)
-    logps = token_logps.masked_fill(~shared, 0).sum(-1) + ld_alpha * token_logps.masked_fill(~tail, 0).sum(-1)
-    return logps, n_tokens
-
-
 def wpo_weights(token_logps: torch.Tensor, token_log_sum_sq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """WPO pair weights (Zhou et al., 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", Eq. 2,
     with the sampling-aligned normalisation TRL uses):
@@ -287,5 +213,5 @@ def wpo_weights(token_logps: torch.Tensor, token_log_sum_sq: torch.Tensor, mask:
     -> [B], detached (a weight, not a target)."""
     with torch.no_grad():
         aligned = (token_logps - token_log_sum_sq).masked_fill(~mask, 0).sum(-1) / mask.sum(-1).clamp(min=1)
-        chosen_w, rejected_w = split_chosen_rejected(torch.exp(aligned))
+        chosen_w, rejected_w = torch.exp(aligned).chunk(2)
         return chosen_w * rejected_w

@@ -7,10 +7,9 @@ Every loss is one function with the same positional arguments, all [B] tensors (
 
 log-probs are per-sequence sums over response tokens (dpo.logprobs), in fp32. The loss returned is
 per example; the caller takes the mean (so gradient accumulation over micro-batches by `loss / steps`
-equals one bigger batch). `LOSSES` maps the config's `loss.name` to the function. To add a loss, write
-one function with that signature and add one entry; `preference_loss` hands each function only the
-keyword options it names (beta, chosen_lengths, label_smoothing, ...), so options shared by several
-losses need no plumbing.
+equals one bigger batch). `LOSSES` maps the config's `loss.name` to the function and the keyword
+arguments it takes. To add a loss, write one function with that signature and add one entry (and, if it
+never reads the reference log-probs, add its name to REFERENCE_FREE so no reference model is loaded).
 
 Notation in the docstrings (per pair, β = beta):
     π_w, π_l   = policy_chosen_logps, policy_rejected_logps          (log π_θ(y|x))
@@ -23,7 +22,6 @@ Notation in the docstrings (per pair, β = beta):
 Where TRL (1.16, trl/trainer/dpo_trainer.py) computes a loss differently, the docstring says so and why
 (tests/test_losses.py checks equality with TRL wherever both define the same thing).
 """
-import inspect
 import math
 
 import torch
@@ -165,22 +163,11 @@ def bco_pair_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
     """Pairwise BCO (Jung et al., 2024, "Binary Classifier Optimization for Large Language Model
     Alignment"), r = β·ρ, δ = bco_delta:   L = −log σ(r_w − δ) − log σ(−(r_l − δ))
 
-    δ is the paper's reward shift: a running mean of the rewards seen so far. It is state the training
-    loop keeps (with `bco_delta_update`, saved in checkpoints) and passes in; δ = 0 is TRL 1.16's
-    "bco_pair" (older TRL kept a running mean of per-batch mean rewards, as `bco_delta_update` does)."""
+    δ is the paper's reward shift, a fixed option here (loss.options={bco_delta: ...}); the paper and older
+    TRL keep a running mean of the rewards seen so far. δ = 0 is TRL 1.16's "bco_pair"."""
     r_w = beta * (policy_chosen_logps - reference_chosen_logps)
     r_l = beta * (policy_rejected_logps - reference_rejected_logps)
     return -F.logsigmoid(r_w - bco_delta) - F.logsigmoid(-(r_l - bco_delta))
-
-
-def bco_delta_update(delta: float, n_batches: int, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor):
-    """Running mean of per-batch mean rewards for BCO's δ: returns (new δ, n_batches + 1).
-
-    chosen_rewards, rejected_rewards: [B] detached rewards β·ρ of this batch (all-reduce their mean across
-    ranks first so every rank keeps the same δ). Update before computing the loss, as older TRL did."""
-    batch_mean = torch.cat([chosen_rewards, rejected_rewards]).float().mean().item()
-    n_batches += 1
-    return delta + (batch_mean - delta) / n_batches, n_batches
 
 
 def sppo_hard_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
@@ -318,37 +305,33 @@ def unlikelihood_loss(policy_chosen_logps, policy_rejected_logps=None, reference
     return -policy_chosen_logps - unlikelihood_alpha * policy_rejected_unlikelihood
 
 
+# loss.name -> (function, the keyword arguments it takes). preference_loss hands each function exactly these.
 LOSSES = {
-    "sigmoid": dpo_loss,                # DPO; cDPO with label_smoothing > 0
-    "reference_free": reference_free_loss,
-    "ipo": ipo_loss,
-    "hinge": hinge_loss,
-    "robust": robust_loss,
-    "exo_pair": exo_pair_loss,
-    "nca_pair": nca_pair_loss,
-    "bco_pair": bco_pair_loss,
-    "sppo_hard": sppo_hard_loss,
-    "aot": aot_loss,
-    "aot_unpaired": aot_unpaired_loss,
-    "apo_zero": apo_zero_loss,
-    "apo_down": apo_down_loss,
-    "discopop": discopop_loss,
-    "sigmoid_norm": sigmoid_norm_loss,  # length-normalised DPO (Tulu 3 dpo_norm)
-    "simpo": simpo_loss,
-    "sft": sft_loss,
-    "preferred_ft": sft_loss,           # the paper's name for SFT on the chosen responses
-    "sft_mean": sft_mean_loss,
-    "unlikelihood": unlikelihood_loss,
+    "sigmoid": (dpo_loss, ("beta", "label_smoothing", "f_divergence", "f_alpha")),  # DPO; cDPO with smoothing
+    "reference_free": (reference_free_loss, ("beta", "label_smoothing")),
+    "ipo": (ipo_loss, ("beta", "chosen_lengths", "rejected_lengths", "f_divergence", "f_alpha")),
+    "hinge": (hinge_loss, ("beta", "f_divergence", "f_alpha")),
+    "robust": (robust_loss, ("beta", "label_smoothing", "f_divergence", "f_alpha")),
+    "exo_pair": (exo_pair_loss, ("beta", "label_smoothing", "f_divergence", "f_alpha")),
+    "nca_pair": (nca_pair_loss, ("beta",)),
+    "bco_pair": (bco_pair_loss, ("beta", "bco_delta")),
+    "sppo_hard": (sppo_hard_loss, ("beta",)),
+    "aot": (aot_loss, ("beta", "label_smoothing")),
+    "aot_unpaired": (aot_unpaired_loss, ("beta", "label_smoothing")),
+    "apo_zero": (apo_zero_loss, ("beta",)),
+    "apo_down": (apo_down_loss, ("beta",)),
+    "discopop": (discopop_loss, ("beta", "discopop_tau", "f_divergence", "f_alpha")),
+    "sigmoid_norm": (sigmoid_norm_loss, ("beta", "chosen_lengths", "rejected_lengths", "f_divergence", "f_alpha")),
+    "simpo": (simpo_loss, ("beta", "chosen_lengths", "rejected_lengths", "simpo_gamma")),
+    "sft": (sft_loss, ()),
+    "preferred_ft": (sft_loss, ()),  # the paper's name for SFT on the chosen responses
+    "sft_mean": (sft_mean_loss, ("chosen_lengths",)),
+    "unlikelihood": (unlikelihood_loss, ("policy_rejected_unlikelihood", "unlikelihood_alpha")),
 }
-
-# Losses that never read the reference, so an f-divergence (a property of the reference term) is moot.
-_NO_REFERENCE_TERM = {sft_loss, sft_mean_loss, unlikelihood_loss, reference_free_loss, simpo_loss}
-
-
-def _keyword_params(fn) -> dict:
-    """{name: default or inspect.Parameter.empty} of fn's keyword options (everything after the 4 log-probs)."""
-    params = list(inspect.signature(fn).parameters.values())[4:]
-    return {p.name: p.default for p in params}
+# The losses that never read the reference log-probs. The one switch for "is there a reference model": a run
+# loads one (or its cached log-probs) exactly when some loss of loss.name is not in this set (uses_reference).
+REFERENCE_FREE = {"reference_free", "simpo", "sft", "preferred_ft", "sft_mean", "unlikelihood"}
+INPUTS = ("beta", "chosen_lengths", "rejected_lengths")  # always given; every other option is checked
 
 
 def parse_loss_names(loss_type) -> list:
@@ -360,66 +343,54 @@ def parse_loss_names(loss_type) -> list:
     return names
 
 
+def uses_reference(loss_type) -> bool:
+    """Whether any loss of the mix reads the reference log-probs (else no reference model is loaded)."""
+    return any(name not in REFERENCE_FREE for name in parse_loss_names(loss_type))
+
+
 def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-                    *, loss_type="sigmoid", loss_weights=None, reference_free=False, rpo_alpha=0.0,
-                    wpo_weights=None, **options):
+                    *, loss_type="sigmoid", loss_weights=None, rpo_alpha=0.0, wpo_weights=None, **options):
     """The training loss per pair, [B]: a weighted mix of LOSSES plus the options that apply to any loss.
 
         L = w_pair · ( Σ_k weight_k · L_k  +  rpo_alpha · (−π_w / |y_w|) )
 
     loss_type: a LOSSES key, several joined by "+" ("sigmoid+bco_pair+sft"), or a list of keys;
     loss_weights: one weight per loss (default 1 each), e.g. MPO's [0.8, 0.2, 1.0].
-    reference_free: take the reference log-probs as 0 (the reference code's flag) for every loss.
     rpo_alpha: RPO's NLL term on the chosen (Pang et al., 2024, "Iterative Reasoning Preference
         Optimization"), length-normalised per sequence as in the paper; older TRL's rpo_alpha took
         one token mean over the batch instead (equal when lengths are equal). 0 = off.
     wpo_weights: [B] WPO pair weights (`dpo.logprobs.wpo_weights`), multiplying the whole per-pair loss,
-        as TRL does. LD-DPO is not a loss option: it changes the log-probs themselves
-        (`dpo.logprobs.ld_sequence_logps`, applied to policy and reference alike).
-    options: `beta`, `chosen_lengths`, `rejected_lengths`, and the options of the chosen losses
-        (label_smoothing, f_divergence, f_alpha, discopop_tau, bco_delta, simpo_gamma, unlikelihood_alpha,
-        policy_rejected_unlikelihood). Each loss gets the ones its signature names. An option no loss in
-        LOSSES knows is an error; so is an option set away from its default that none of the chosen losses
-        uses (it would silently do nothing)."""
+        as TRL does.
+    options: beta, chosen_lengths, rejected_lengths (given to whichever loss takes them) and the options
+        of the chosen losses (the second column of LOSSES). An option no loss in LOSSES takes is an error;
+        so is one that none of the chosen losses takes (it would silently do nothing), and an f-divergence
+        with a loss that reads the reference but has no f-divergence form."""
     names = parse_loss_names(loss_type)
     weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
     if len(weights) != len(names):
         raise ValueError(f"loss_weights has {len(weights)} entries for {len(names)} losses ({'+'.join(names)})")
-    fns = [LOSSES[name] for name in names]
-
     if options.get("f_divergence", "reverse_kl") != "reverse_kl":
-        for name, fn in zip(names, fns):
-            if "f_divergence" not in _keyword_params(fn) and fn not in _NO_REFERENCE_TERM:
+        for name in names:
+            if "f_divergence" not in LOSSES[name][1] and name not in REFERENCE_FREE:
                 raise ValueError(f"loss {name!r} has no f-divergence form; use f_divergence=reverse_kl with it")
-    known = {}
-    for fn in LOSSES.values():
-        for key, default in _keyword_params(fn).items():
-            known.setdefault(key, default)
-    used = set().union(*(_keyword_params(fn) for fn in fns))
+    known = {key for _, keys in LOSSES.values() for key in keys}
+    used = {key for name in names for key in LOSSES[name][1]}
     for key, value in options.items():
         if key not in known:
             raise ValueError(f"unknown loss option {key!r}; losses take: {', '.join(sorted(known))}")
-        default = known[key]
-        if key not in used and default is not inspect.Parameter.empty and value != default:
+        if key not in used and key not in INPUTS:
             raise ValueError(f"loss option {key}={value!r} has no effect on loss {'+'.join(names)}")
-    if wpo_weights is not None and any(fn in (aot_loss, aot_unpaired_loss) for fn in fns):
+    if wpo_weights is not None and {"aot", "aot_unpaired"} & set(names):
         raise ValueError("WPO weights cannot be used with aot/aot_unpaired: they sort the batch, so rows are "
                          "not pairs")
 
-    if reference_free:
-        reference_chosen_logps = torch.zeros_like(policy_chosen_logps)
-        reference_rejected_logps = torch.zeros_like(policy_rejected_logps)
     total = 0.0
-    for name, fn, weight in zip(names, fns, weights):
-        params = _keyword_params(fn)
-        missing = [k for k, d in params.items() if d is inspect.Parameter.empty and k not in options]
-        if missing:
-            raise ValueError(f"loss {name!r} needs {', '.join(missing)}")
-        kwargs = {k: options[k] for k in params if k in options}
+    for name, weight in zip(names, weights):
+        fn, keys = LOSSES[name]
         total = total + weight * fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                                    reference_rejected_logps, **kwargs)
+                                    reference_rejected_logps, **{k: options[k] for k in keys if k in options})
     if rpo_alpha:
-        if "chosen_lengths" not in options:
+        if options.get("chosen_lengths") is None:
             raise ValueError("rpo_alpha needs chosen_lengths")
         total = total + rpo_alpha * sft_mean_loss(policy_chosen_logps, chosen_lengths=options["chosen_lengths"])
     if wpo_weights is not None:

@@ -14,7 +14,6 @@ D head_dim, V vocab. Padding: `attention_mask [B, S]` (1 = token, 0 = pad) masks
 positions are counted over real tokens only (cumsum(mask) - 1), so a left-padded prompt sees the same
 positions as an unpadded one, as Hugging Face `generate` does.
 """
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -311,53 +310,6 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         return x if return_hidden else self.lm_head(x)
 
-    @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, max_new_tokens=64, temperature=1.0, top_k=None,
-                 top_p=None, eos_id=None, pad_id=None, generator: torch.Generator | None = None,
-                 uniforms: torch.Tensor | None = None):
-        """Continue a left-padded batch of prompts input_ids [B, T] → [B, T + n], n <= max_new_tokens.
-
-        temperature 0 is greedy. A row ends at its first eos_id (default config.eos_id; int or list);
-        later positions of that row hold pad_id (default: the first eos id, else 0). Stops early when all
-        rows have ended. Random draws come from `generator` (torch.multinomial), or from `uniforms`
-        [B, >= max_new_tokens]: one number in [0, 1) per row and step, so that a row's sample does not
-        depend on which rows share its batch (sample.py seeds them per prompt). Runs in eval mode (no
-        dropout) and restores the previous mode."""
-        B, T = input_ids.shape
-        if T + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds "
-                             f"max_seq_len {self.config.max_seq_len}")
-        if uniforms is not None and uniforms.shape[1] < max_new_tokens:
-            raise ValueError(f"uniforms has {uniforms.shape[1]} draws per row, need max_new_tokens={max_new_tokens}")
-        eos_id = self.config.eos_id if eos_id is None else eos_id
-        eos = torch.tensor([] if eos_id is None else eos_id, dtype=torch.long, device=input_ids.device).flatten()
-        pad_id = pad_id if pad_id is not None else (int(eos[0]) if len(eos) else 0)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
-        cache = KVCache.empty(self.config, B, T + max_new_tokens, input_ids.device, self.wte.weight.dtype)
-        was_training = self.training
-        self.eval()
-        try:
-            out, done = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-            with attention_backends(input_ids.device):  # only the prompt's last position needs logits
-                logits = self.lm_head(self(input_ids, mask, kv_cache=cache, return_hidden=True)[:, -1])
-            for step in range(max_new_tokens):
-                u = uniforms[:, step] if uniforms is not None else None
-                token = sample_token(logits.float(), temperature, top_k, top_p, generator, u)
-                token = token.masked_fill(done, pad_id)
-                out = torch.cat([out, token[:, None]], dim=1)
-                done = done | torch.isin(token, eos)
-                # bool(done.all()) waits for the GPU: on CUDA ask every 8 steps so the CPU can queue ahead
-                # (rows that have ended only get pads meanwhile)
-                on_cpu = input_ids.device.type == "cpu"
-                if step == max_new_tokens - 1 or ((on_cpu or step % 8 == 7) and bool(done.all())):
-                    break
-                mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-                with attention_backends(input_ids.device):
-                    logits = self(token[:, None], mask, kv_cache=cache)[:, -1]
-        finally:
-            self.train(was_training)
-        return out
-
     def num_params(self, exclude_embeddings: bool = True) -> int:
         """Parameter count (a tied matrix once). exclude_embeddings drops the lookup tables (wpe, and wte
         unless it doubles as lm_head), leaving the weights that take part in matmuls."""
@@ -373,66 +325,3 @@ class GPT(nn.Module):
         cfg = self.config
         fwd = 2 * self.num_params(exclude_embeddings=True) + 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
         return 3 * fwd if backward else fwd
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, dtype=None, device="cpu") -> "GPT":
-        """Load a Hugging Face checkpoint folder, or a hub name (downloaded into the cache first)."""
-        from pathlib import Path
-        from dpo.interop import hf_checkpoint
-        path = Path(name_or_dir)
-        if not path.is_dir():
-            from dpo.interop.hub import snapshot_download
-            path = snapshot_download(str(name_or_dir))
-        return hf_checkpoint.load_pretrained(path, dtype=dtype, device=device)
-
-    def save_pretrained(self, directory, dtype=None) -> None:
-        """Write config.json + model.safetensors in Hugging Face layout (transformers can load it)."""
-        from dpo.interop import hf_checkpoint
-        hf_checkpoint.save_pretrained(self, directory, dtype=dtype)
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """logits [B, V] / temperature, fp32, with every token outside the top-k and then outside the top-p
-    nucleus set to −inf: top_k keeps the k largest (ties with the k-th too); top_p keeps the smallest set
-    of most likely tokens whose probability reaches top_p (the most likely one always stays)."""
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # the first token always stays (mass_before = 0)
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def sample_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None, uniforms=None):
-    """One token per row from logits [B, V] → [B]. temperature 0: argmax. Otherwise a draw from the
-    filtered distribution (filter_logits): by torch.multinomial with `generator`, or, given uniforms [B] in
-    [0, 1), by the inverse CDF: the first v with cdf[v] > u · cdf[V−1] (cdf in float64; tokens of
-    probability 0 are never picked, their cdf step is empty)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-    if uniforms is None:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    cdf = probs.double().cumsum(dim=-1)
-    total = cdf[:, -1:]
-    # u · total can round up to total; kept strictly below it, the search never passes the last token
-    # that has probability
-    target = torch.minimum(uniforms.to(cdf.device, torch.float64)[:, None] * total,
-                           torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True).squeeze(1)
-
-
-def attention_backends(device: torch.device | None = None):
-    """On CUDA, SDPA without the cuDNN backend: torch picks cuDNN for masked attention on recent GPUs and
-    builds a plan for every new key length, and decoding meets a new length at every step (~40 ms each on
-    an H100, far more than the step itself). Elsewhere nothing changes (the context itself costs time)."""
-    if device is not None and device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpo.interop import hf_checkpoint, safetensors
+from dpo.batching import pad_rows
 from dpo.model import GPT
 
 CLASSIFIER, BRADLEY_TERRY = "classifier", "bradley_terry"
@@ -148,27 +149,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 # Collation (right-padded; no EOS, see the module docstring)
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-
-
 def collate_classification(examples: list[dict], tokenizer, max_length: int) -> dict:
     """{"text", "label"} examples → input_ids, attention_mask [B, T] (right-padded), labels [B].
     A text longer than max_length tokens keeps its first max_length tokens."""
     rows = [tokenizer.encode(ex["text"])[:max_length] for ex in examples]
     if any(not r for r in rows):
         raise RewardModelError("collate_classification: an example has an empty text")
-    ids, mask = _right_pad(rows, _pad_id(tokenizer))
+    ids, mask = pad_rows(rows, tokenizer.pad_id_or_eos())
     return {"input_ids": ids, "attention_mask": mask,
             "labels": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long)}
 
@@ -190,7 +177,7 @@ def collate_reward_pairs(examples: list[dict], tokenizer, max_length: int) -> di
         prompt = tokenizer.encode(ex["prompt"])
         chosen.append(pair_ids(prompt, tokenizer.encode(ex["chosen"]), max_length))
         rejected.append(pair_ids(prompt, tokenizer.encode(ex["rejected"]), max_length))
-    ids, mask = _right_pad(chosen + rejected, _pad_id(tokenizer))
+    ids, mask = pad_rows(chosen + rejected, tokenizer.pad_id_or_eos())
     return {"input_ids": ids, "attention_mask": mask}
 
 

@@ -1,5 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl in the run directory (always), wandb (online, offline or off),
-and one line per log on the console. Only rank 0 logs.
+"""Where a run's numbers go: metrics.jsonl (and samples.jsonl) in the run directory, always, and wandb
+(online, offline or off). Only rank 0 logs. Also the throughput figures logged with each step.
 
 wandb mode "auto" is online when an API key is configured (WANDB_API_KEY or a `wandb login`), else
 offline (the run can be uploaded later with `wandb sync`). As in the authors' reference code, the wandb
@@ -7,7 +7,15 @@ step is the number of training examples seen, so runs with different batch sizes
 """
 import json
 import os
+import resource
 from pathlib import Path
+
+import torch
+
+from dpo.distributed import all_reduce_mean, unwrap
+from dpo.files import atomic_write
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # bf16 dense
 
 
 def _wandb_mode(mode: str) -> str:
@@ -47,10 +55,17 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.log(metrics, step=examples)
 
-    def table(self, name: str, columns: list[str], rows: list[list], examples: int) -> None:
-        if self.enabled and self.wandb is not None:
+    def append_rows(self, name: str, rows: list[dict], examples: int) -> None:
+        """Append rows to out_dir/{name}.jsonl and log them to wandb as a table."""
+        if not self.enabled:
+            return
+        with open(self.path.with_name(f"{name}.jsonl"), "a") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
+        if self.wandb is not None:
             import wandb
-            self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=examples)
+            columns = list(rows[0])
+            self.wandb.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])},
+                           step=examples)
 
     def truncate_after(self, examples: int) -> None:
         """On resume: drop records written after the checkpoint, so metrics.jsonl equals an uninterrupted run's."""
@@ -58,10 +73,32 @@ class RunLog:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line and json.loads(line)["counters/examples"] <= examples]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def throughput_metrics(policy, reference, last_batch: dict, n_micro_batches: int, tokens: torch.Tensor,
+                       batch_size: int, elapsed: float, ctx, max_length: int) -> dict:
+    """examples_per_second, tokens_per_second (non-pad tokens, all ranks), peak_memory_gb, and on known GPUs
+    mfu: model FLOPs (policy forward + backward, reference forward) over all padded positions processed,
+    per GPU, over the GPU's bf16 dense peak."""
+    tokens_total = all_reduce_mean({"tokens": tokens})["tokens"] * ctx.world_size
+    out = {"examples_per_second": batch_size / elapsed, "tokens_per_second": tokens_total / elapsed,
+           "peak_memory_gb": peak_memory_gb(ctx.device)}
+    if ctx.device.type == "cuda":
+        name = torch.cuda.get_device_name(ctx.device)
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        if peak:
+            flops = unwrap(policy).flops_per_token(max_length) + (
+                unwrap(reference).flops_per_token(max_length, backward=False) if isinstance(reference, torch.nn.Module) else 0)
+            out["mfu"] = flops * last_batch["input_ids"].numel() * n_micro_batches / elapsed / peak
+    return out

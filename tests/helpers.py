@@ -27,6 +27,9 @@ class ByteTokenizer:
     def decode(self, ids):
         return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
 
+    def pad_id_or_eos(self):
+        return self.eos_id
+
 
 def byte_tokenizer(eos_id: int = 256):
     """A real dpo Tokenizer (byte-level BPE, no merges): one id per UTF-8 byte, "<|endoftext|>" = eos_id."""

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dpo.logprobs import (ld_sequence_logps, response_mask, sequence_logps, split_chosen_rejected, token_logps,
-                          wpo_weights)
-from dpo.losses import (LOSSES, bco_delta_update, f_divergence_scores, preference_loss, preference_metrics)
+from dpo.logprobs import chunked_token_logps, response_mask, sequence_logps, wpo_weights
+from dpo.losses import LOSSES, f_divergence_scores, preference_loss, preference_metrics, uses_reference
 
 # Three pairs. rho_w = [0.5, -0.5, 0.5], rho_l = [-1.0, 0.5, 0.5], h = [1.5, -1.0, 0.0]
 PC = [-10.0, -12.5, -7.0]
@@ -62,7 +61,21 @@ def test_sigmoid_and_conservative():
 def test_reference_free():
     exp = [-logsig(BETA * (PC[i] - PR[i])) for i in range(3)]
     close(run("reference_free"), exp)
-    close(run("sigmoid", reference_free=True), exp)
+
+
+def test_which_losses_need_a_reference_model():
+    """The one switch: a reference is loaded exactly when some loss of the mix reads its log-probs."""
+    assert uses_reference("sigmoid") and uses_reference("ipo") and uses_reference("sigmoid+sft")
+    assert not uses_reference("reference_free") and not uses_reference("simpo")
+    assert not uses_reference("sft+unlikelihood") and not uses_reference("preferred_ft")
+    zeros = torch.zeros(3)
+    for name in ("reference_free", "simpo", "sft", "sft_mean", "preferred_ft", "unlikelihood"):
+        extra = {"policy_rejected_unlikelihood": torch.tensor([-1.0, -2.0, -0.5])} if name == "unlikelihood" else {}
+        args = dict(beta=BETA, chosen_lengths=torch.tensor(LC), rejected_lengths=torch.tensor(LR), **extra)
+        with_reference = preference_loss(torch.tensor(PC), torch.tensor(PR), torch.tensor(RC), torch.tensor(RR),
+                                         loss_type=name, **args)
+        without = preference_loss(torch.tensor(PC), torch.tensor(PR), zeros, zeros, loss_type=name, **args)
+        assert torch.equal(with_reference, without), name  # it really does not read them
 
 
 def test_ipo_averages_log_ratios_per_token():
@@ -109,10 +122,6 @@ def test_bco_pair_with_delta():
     d = 0.03
     exp = [-logsig(BETA * rho(i)[0] - d) - logsig(-(BETA * rho(i)[1] - d)) for i in range(3)]
     close(run("bco_pair", bco_delta=d), exp)
-    delta, n = bco_delta_update(0.0, 0, torch.tensor([1.0, 2.0]), torch.tensor([0.0, -1.0]))
-    assert (delta, n) == (0.5, 1)
-    delta, n = bco_delta_update(delta, n, torch.tensor([3.0]), torch.tensor([2.0]))
-    assert (delta, n) == (1.5, 2)  # mean of the per-batch means 0.5 and 2.5
 
 
 def test_sppo_hard():
@@ -163,7 +172,7 @@ def test_sft_family():
     u = [-0.7, -1.9, -0.05]
     close(run("unlikelihood", policy_rejected_unlikelihood=torch.tensor(u), unlikelihood_alpha=0.5),
           [-PC[i] - 0.5 * u[i] for i in range(3)])
-    with pytest.raises(ValueError, match="needs policy_rejected_unlikelihood"):
+    with pytest.raises(TypeError, match="policy_rejected_unlikelihood"):
         run("unlikelihood")
 
 
@@ -216,7 +225,7 @@ def test_option_errors():
         run("sigmoid", lable_smoothing=0.1)
     with pytest.raises(ValueError, match="label_smoothing=0.1 has no effect on loss hinge"):
         run("hinge", label_smoothing=0.1)
-    run("hinge", label_smoothing=0.0, discopop_tau=0.05)  # defaults of unused options are fine
+    run("sigmoid+hinge", label_smoothing=0.1)  # an option one loss of the mix takes
     with pytest.raises(ValueError, match="no f-divergence form"):
         run("nca_pair", f_divergence="forward_kl")
     run("sigmoid+sft", f_divergence="forward_kl")  # sft has no reference term
@@ -334,32 +343,33 @@ def trl_loss(policy, reference, batch, loss_types, loss_weights=None, beta=0.1, 
     return loss.item(), {k: v[-1] for k, v in fake_self._metrics["eval"].items()}
 
 
+def gpt2_token_logps(model, batch, labels, with_log_sum_sq=False):
+    """Our chunked gatherer on a transformers GPT-2: its final hidden states and its lm_head's weight."""
+    hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return chunked_token_logps(hidden, model.lm_head.weight, None, labels, with_log_sum_sq=with_log_sum_sq)
+
+
 def our_loss(policy, reference, batch, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0,
              f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, ld_alpha=None, use_weighting=False,
              discopop_tau=0.05):
     """Our path on the same weights and batch: labels = input ids with -100 off the completion."""
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     mask = response_mask(labels)
-    if "_logits" not in batch:  # computed once per batch: the weights never change in these tests
-        with torch.no_grad():
-            batch["_logits"] = [model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                                for model in (policy, reference)]
-    policy_logits, reference_logits = batch["_logits"]
-    policy_tok, policy_log_sum_sq = token_logps(policy_logits, labels, with_log_sum_sq=True)
-    reference_tok = token_logps(reference_logits, labels)
-    if ld_alpha is None:
-        policy_logps, n = sequence_logps(policy_logits, labels)
-        reference_logps, _ = sequence_logps(reference_logits, labels)
-    else:
-        policy_logps, n = ld_sequence_logps(policy_tok, mask, ld_alpha)
-        reference_logps, _ = ld_sequence_logps(reference_tok, mask, ld_alpha)
-    pc, pr = split_chosen_rejected(policy_logps)
-    rc, rr = split_chosen_rejected(reference_logps)
-    nc, nr = split_chosen_rejected(n)
+    with torch.no_grad():
+        policy_tok, policy_log_sum_sq = gpt2_token_logps(policy, batch, labels, with_log_sum_sq=True)
+        reference_tok, _ = gpt2_token_logps(reference, batch, labels)
+    policy_logps, n = sequence_logps(policy_tok, mask, ld_alpha)
+    reference_logps, _ = sequence_logps(reference_tok, mask, ld_alpha)
+    pc, pr = policy_logps.chunk(2)
+    rc, rr = reference_logps.chunk(2)
+    nc, nr = n.chunk(2)
+    options = {k: v for k, v, default in [("label_smoothing", label_smoothing, 0.0),
+                                          ("f_divergence", f_divergence_type, "reverse_kl"),
+                                          ("f_alpha", f_alpha_divergence_coef, 0.5),
+                                          ("discopop_tau", discopop_tau, 0.05)] if v != default}
     losses = preference_loss(
         pc, pr, rc, rr, loss_type=loss_types, loss_weights=loss_weights, beta=beta, chosen_lengths=nc,
-        rejected_lengths=nr, label_smoothing=label_smoothing, f_divergence=f_divergence_type,
-        f_alpha=f_alpha_divergence_coef, discopop_tau=discopop_tau,
+        rejected_lengths=nr, **options,
         wpo_weights=wpo_weights(policy_tok, policy_log_sum_sq, mask) if use_weighting else None)
     metrics = preference_metrics(pc, pr, rc, rr, losses, beta=beta, chosen_lengths=nc, rejected_lengths=nr,
                                  split="eval")
@@ -429,10 +439,9 @@ def test_sft_parity_with_trl(trl_setup):
     batch = batches["varied"]
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
-        logps, n = sequence_logps(policy(input_ids=batch["input_ids"],
-                                         attention_mask=batch["attention_mask"]).logits, labels)
-    chosen, _ = split_chosen_rejected(logps)
-    chosen_n, _ = split_chosen_rejected(n)
+        logps, n = sequence_logps(gpt2_token_logps(policy, batch, labels)[0], response_mask(labels))
+    chosen, _ = logps.chunk(2)
+    chosen_n, _ = n.chunk(2)
     assert theirs == pytest.approx((-chosen.sum() / chosen_n.sum()).item(), abs=1e-5)
     ours, _ = our_loss(policy, reference, batch, "sft_mean")
     assert ours != pytest.approx(theirs, abs=1e-3)
@@ -449,6 +458,7 @@ def test_summed_logps_equal_reference_code_on_gpt2(trl_setup):
     loss_mask = shifted != -100
     shifted[~loss_mask] = 0
     expected = (torch.gather(logits[:, :-1].log_softmax(-1), 2, shifted.unsqueeze(2)).squeeze(2) * loss_mask).sum(-1)
-    ours, n = sequence_logps(logits, labels)
+    with torch.no_grad():
+        ours, n = sequence_logps(gpt2_token_logps(policy, batch, labels)[0], response_mask(labels))
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
     assert n.tolist() == batch["completion_mask"].sum(-1).tolist()

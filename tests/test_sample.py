@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import sample
-from dpo.batching import collate_prompts
-from dpo.model import GPT, GPTConfig, filter_logits, sample_token
+from dpo.generation import filter_logits, generate, sample_token
+from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
+from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer
 from helpers import byte_tokenizer
 
@@ -32,7 +33,7 @@ def tiny_model(seed: int = 0, embed_std: float = 0.3) -> GPT:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "model"
-    tiny_model().save_pretrained(out)
+    save_pretrained(tiny_model(), out)
     byte_tokenizer().save_pretrained(out)
     return out
 
@@ -77,7 +78,7 @@ def test_inverse_cdf_reproduces_the_filtered_distribution():
 
 
 def test_support_matches_model_sample_token():
-    """The same restriction as dpo.model.sample_token (drawn with torch.multinomial): equal supports."""
+    """The same restriction as dpo.generation.sample_token (drawn with torch.multinomial): equal supports."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(1, 30, generator=g) * 3
     for top_k, top_p in [(4, None), (None, 0.6), (8, 0.9)]:
@@ -89,18 +90,15 @@ def test_support_matches_model_sample_token():
 @torch.no_grad()
 def test_greedy_equals_stepwise_argmax_without_cache():
     model, tok = tiny_model(), byte_tokenizer()
-    prompts = [tok.encode(t) for t in TEXTS]
-    batch = collate_prompts(prompts, EOS)
-    new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=10, temperature=0,
-                         eos_id=EOS, pad_id=EOS)[:, batch["input_ids"].shape[1]:]
+    prompts = [tok.encode(t) for t in TEXTS]  # of different lengths: left-padded in one batch
+    new = generate(model, tok, prompts, max_new_tokens=10, temperature=0)
     for row, ids in enumerate(prompts):
         seq = list(ids)
         for _ in range(10):  # full recompute of the unpadded sequence every step, no KV cache
             seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
             if seq[-1] == EOS:
                 break
-        got = new[row].tolist()[:len(seq) - len(ids)]
-        assert got == seq[len(ids):]
+        assert new[row] == seq[len(ids):]  # up to and including the EOS
 
 
 @torch.no_grad()
@@ -269,7 +267,7 @@ def test_cli_samples(checkpoint, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12 and rows[0]["model"] == str(checkpoint) and rows[0]["top_p"] == 0.95
     # the same rows as the library makes in-process (the CLI adds nothing random)
-    model, tok = GPT.from_pretrained(checkpoint), Tokenizer.from_pretrained(checkpoint)
+    model, tok = load_pretrained(checkpoint), Tokenizer.from_pretrained(checkpoint)
     settings = {k: rows[0][k] for k in sample.SETTINGS}
     expected = sample.sample_batch(model, tok, prompts_of(TEXTS, tok), [(0, 0), (5, 1)], settings, "cpu")
     assert [rows[0], rows[11]] == expected
@@ -288,4 +286,4 @@ def test_cli_bad_prompt_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
     assert sample.main(["--model", str(checkpoint), "--prompts", str(bad), "--out", "o.jsonl", "--top-p", "1.5"]) == 1
     assert capsys.readouterr().err.strip() == "error: --top-p must be in (0, 1], got 1.5"
     assert sample.main(["--model", str(tmp_path / "nope"), "--prompts", str(bad), "--out", "o.jsonl"]) == 1
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: not a checkpoint folder"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such checkpoint folder"

@@ -1,17 +1,17 @@
 """dpo/tokenizer.py against independent implementations: Hugging Face `tokenizers` (Rust, Oniguruma
-regexes), `tiktoken` (Rust regex) and `sentencepiece` itself, on real text and a Unicode torture string."""
+regexes), `tiktoken` (Rust regex) and `sentencepiece` itself, on real text and a Unicode torture string.
+The byte-level BPE's own pieces (pattern translation, merges) are tested in tests/interop/test_bpe.py."""
 import json
 import subprocess
 import sys
-import unicodedata
 from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from dpo.tokenizer import (_NEWER_UNICODE, GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, Tokenizer, TokenizerError, bytes_to_unicode,
-                           pre_tokenize, train_sentencepiece, translate_pattern)
+from dpo.interop.bpe import LLAMA3_PATTERN, QWEN2_PATTERN, bytes_to_unicode
+from dpo.tokenizer import Tokenizer, TokenizerError, train_sentencepiece
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped fixtures need it)
@@ -100,35 +100,6 @@ def test_gpt2_special_tokens(gpt2):
     assert gpt2.decode(gpt2.encode("😀")[:1]) == "\ufffd"  # a cut multi-byte character decodes to U+FFFD
     with pytest.raises(TokenizerError, match="50300"):
         gpt2.decode([50300])
-
-
-# ---------------------------------------------------------------------------------------------------
-# The pre-tokenizer regexes, character by character over all of Unicode
-
-@pytest.fixture(scope="module")
-def every_character() -> str:
-    """Every assigned code point of Python's Unicode tables, every one that Unicode 15-16 added to the
-    letter/mark/number classes, and a sample of the rest (unassigned, private use), with separators."""
-    newer = [int(c, 16) for table in _NEWER_UNICODE.values() for item in table.split()
-             for c in ([item] if "-" not in item else [f"{i:x}" for i in range(int(item.split("-")[0], 16),
-                                                                            int(item.split("-")[1], 16) + 1)])]
-    cps = [c for c in range(0x110000) if unicodedata.category(chr(c)) not in ("Cn", "Co", "Cs") or c % 97 == 0]
-    cps = sorted(set(cps + newer) - set(range(0xD800, 0xE000)))
-    seps = [" ", "  ", "'s", "\n", "1", "\r\n ", "\t", "'LL", "\u00a0"]
-    return "".join("".join(map(chr, cps[i:i + 5])) + seps[(i // 5) % len(seps)] for i in range(0, len(cps), 5))
-
-
-@pytest.mark.parametrize("pattern", [GPT2_PATTERN, LLAMA3_PATTERN, r"\p{N}", r"\d+|\p{Lu}\p{Ll}*|\P{L}+|[\p{Lm}\p{Lo}\p{M}]"])
-def test_pre_tokenizer_matches_oniguruma_on_every_character(pattern, every_character):
-    ref = pre_tokenizers.Split(Regex(pattern), behavior="isolated").pre_tokenize_str(every_character)
-    assert pre_tokenize(every_character, pattern) == [piece for piece, _ in ref]
-
-
-def test_translate_pattern_rejects_what_it_cannot_translate():
-    for bad in [r"\p{Foo}", r"[a[b]]", r"\Gx", r"\K", r"[\p{L}", r"\w+"]:
-        with pytest.raises(TokenizerError, match="unsupported"):
-            translate_pattern(bad, "x.json")
-    assert translate_pattern(r"[]a]") == r"[\]a]"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,6 +293,7 @@ def test_train_cli(sp_model, tmp_path):
     assert run.returncode == 0, run.stderr
     assert str(tmp_path / "cli" / "tok.model") in run.stdout
     assert Tokenizer.from_pretrained(tmp_path / "cli" / "tok.model").vocab_size == 350
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["tok.model", "tok.vocab"]  # no temporaries
     missing = tmp_path / "nope.txt"
     run = subprocess.run([sys.executable, "-m", "dpo.tokenizer", "train", "--input", str(missing), "--vocab-size",
                           "350", "--out", str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True)
@@ -329,6 +301,7 @@ def test_train_cli(sp_model, tmp_path):
     assert run.stderr.strip().count("\n") == 0 and str(missing) in run.stderr
     with pytest.raises(TokenizerError, match="vocab"):
         train_sentencepiece([corpus], tmp_path / "tiny", vocab_size=50)  # < 256 byte pieces
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny")]  # a failed training leaves nothing
 
 
 # ---------------------------------------------------------------------------------------------------

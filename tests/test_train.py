@@ -16,8 +16,9 @@ import torch
 import train
 from dpo import losses, quickstart
 from dpo.config import load_config
-from dpo.model import GPT, GPTConfig
+from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.interop.safetensors import load_file
+from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def base_model(tmp_path_factory) -> Path:
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32, max_seq_len=64,
                           eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id))
     out = root / "model"
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -117,7 +118,7 @@ def test_checkpoint_loads_in_transformers(base_model, tmp_path):
     run(base_model, tmp_path / "run", "train.max_examples=8")
     final = tmp_path / "run" / "final"
     theirs = transformers.AutoModelForCausalLM.from_pretrained(final).eval()
-    ours = GPT.from_pretrained(final).eval()
+    ours = load_pretrained(final).eval()
     ids = torch.tensor([Tokenizer.from_pretrained(final).encode("the acting was very moving and clever.")])
     with torch.no_grad():
         assert torch.allclose(ours(ids), theirs(ids).logits, atol=1e-4)
@@ -191,12 +192,17 @@ def test_two_processes_equal_one(base_model, tmp_path, mode):
     assert len(samples) == 1 and all("policy" in r and "reference" in r for r in samples)
 
 
-def test_reference_cache_gives_the_same_run(base_model, tmp_path, capsys):
-    run(base_model, tmp_path / "live", "train.max_examples=16")
-    run(base_model, tmp_path / "cached", "train.max_examples=16", "train.reference_cache=true")
+@pytest.mark.parametrize("ld_alpha", [1.0, 0.5])
+def test_reference_cache_gives_the_same_run(base_model, tmp_path, capsys, monkeypatch, ld_alpha):
+    """The cached log-probs come from the same functions as the live reference's (LD-DPO's α included)."""
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    run(base_model, tmp_path / "live", "train.max_examples=16", f"loss.ld_alpha={ld_alpha}")
+    run(base_model, tmp_path / "cached", "train.max_examples=16", "train.reference_cache=true",
+        f"loss.ld_alpha={ld_alpha}")
     assert "reference log-probs of" in capsys.readouterr().out  # computed and written once
     assert_weights_close(final_weights(tmp_path / "live"), final_weights(tmp_path / "cached"), 1e-6)
-    run(base_model, tmp_path / "again", "train.max_examples=16", "train.reference_cache=true")
+    run(base_model, tmp_path / "again", "train.max_examples=16", "train.reference_cache=true",
+        f"loss.ld_alpha={ld_alpha}")
     assert "reference log-probs of" not in capsys.readouterr().out  # the second run reads the cache
     assert_weights_close(final_weights(tmp_path / "live"), final_weights(tmp_path / "again"), 1e-6)
     live, cached = metrics_lines(tmp_path / "live")[-1], metrics_lines(tmp_path / "cached")[-1]
@@ -229,12 +235,24 @@ def test_reward_model_and_classifier_training(base_model, tmp_path):
     assert clf.kind == "classifier" and clf.labels[clf.positive_index] == "POSITIVE"
 
 
-@pytest.mark.parametrize("name", sorted(set(losses.LOSSES) - {"sft", "sft_mean"}))
-def test_every_preference_loss_trains(base_model, tmp_path, name):
-    """Each loss of the family runs through train.py on pairs (options it needs come from loss.options)."""
-    options = {"bco_pair": "loss.options={bco_delta: 0.0}", "unlikelihood": "loss.options={unlikelihood_alpha: 0.5}"}
+@pytest.mark.parametrize("name", sorted(set(losses.LOSSES) - {"sft", "sft_mean"}) + ["sigmoid+wpo"])
+def test_every_preference_loss_trains(base_model, tmp_path, name, monkeypatch):
+    """Each loss of the family runs through train.py on pairs (options it needs come from loss.options), and a
+    reference model is loaded exactly when the loss reads one (a new run's reference would be written to
+    out_dir/reference; a run from model.name loads it with load_model)."""
+    options = {"bco_pair": "loss.options={bco_delta: 0.0}", "unlikelihood": "loss.options={unlikelihood_alpha: 0.5}",
+               "sigmoid+wpo": "loss.wpo=true"}
     extra = [options[name]] if name in options else []
-    final = run(base_model, tmp_path / name, f"loss.name={name}", "train.max_examples=8", *extra)
+    loaded, real_load_model = [], train.load_model
+
+    def spy(path, config, ctx, trainable, meta=False):
+        loaded.append(trainable)
+        return real_load_model(path, config, ctx, trainable, meta)
+    monkeypatch.setattr(train, "load_model", spy)
+    final = run(base_model, tmp_path / name, f"loss.name={name.removesuffix('+wpo')}", "train.max_examples=8",
+                *extra)
     first = metrics_lines(tmp_path / name)[0]
     assert math.isfinite(first["loss/train"]) and math.isfinite(final["loss/eval"])
     assert first["grad_norm"] > 0
+    # the policy (trainable), then the reference if the loss reads it
+    assert loaded == ([True, False] if losses.uses_reference(name.removesuffix("+wpo")) else [True])

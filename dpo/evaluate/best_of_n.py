@@ -44,12 +44,13 @@ def best_of_n(rows: list[dict], scorer, n: int | None = None) -> list[dict]:
 
 def select_file(candidates, out, scorer, n: int | None = None) -> int:
     """best_of_n over a samples file, written atomically to `out`. Returns the number of prompts."""
-    from dpo.evaluate.tables import read_samples, write_lines_atomic
+    from dpo.evaluate.tables import read_samples
+    from dpo.files import atomic_write
     rows = read_samples(Path(candidates))
     if not rows:
         raise BestOfNError(f"{candidates}: no samples")
     best = best_of_n(rows, scorer, n)
-    write_lines_atomic(Path(out), [json.dumps(r, ensure_ascii=False) + "\n" for r in best])
+    atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in best))
     return len(best)
 
 

@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo.files import atomic_write
+
 DEFAULT_URL = "https://api.openai.com/v1/chat/completions"
 TASKS = ("summary", "summary_concise", "dialogue")
 
@@ -234,11 +236,9 @@ class ChatClient:
                 raise TypeError("content is not a string")
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
             raise JudgeError(f"{c.url}: response is not a chat completion ({e}): {raw[:200]!r}") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"model": c.model, "messages": messages, "answer": text}, ensure_ascii=False),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        # atomic (dpo.files: the temporary name holds the pid and thread id, so workers writing the same
+        # question at once never share one)
+        atomic_write(path, json.dumps({"model": c.model, "messages": messages, "answer": text}, ensure_ascii=False))
         return text, False
 
 

@@ -18,20 +18,8 @@ Log-probs are taken in fp32 (logits are upcast chunk by chunk; the [B, T, V] log
 """
 import torch
 
-from dpo.logprobs import IGNORE_INDEX, _shifted_rows
-
-
-def _right_padded(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
-    """input_ids, attention_mask, labels [B, T]: prompt + completion, right-padded; labels −100 off the completion."""
-    length = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        seq = torch.tensor(p + c, dtype=torch.long)
-        ids[i, :len(seq)], mask[i, :len(seq)] = seq, 1
-        labels[i, len(p):len(seq)] = seq[len(p):]
-    return ids, mask, labels
+from dpo.batching import IGNORE_INDEX, pad_rows
+from dpo.logprobs import response_rows
 
 
 def _row_log_probs(model, ids, mask, rows: torch.Tensor, chunk_size: int):
@@ -47,6 +35,7 @@ def _row_log_probs(model, ids, mask, rows: torch.Tensor, chunk_size: int):
 def sequence_kl(policy, reference, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
                 batch_size: int = 8, device="cpu", pad_id: int = 0, chunk_size: int = 1024) -> dict:
     """Per-sample KL estimates. prompt_ids, completion_ids: N lists of token ids (the completion as generated).
+    Rows are right-padded with pad_id (callers pass tokenizer.pad_id_or_eos(); padding is masked out).
 
     Returns {"kl_exact": [N], "kl_sampled": [N], "policy_logps": [N], "reference_logps": [N],
     "n_tokens": [N] long}: fp32 CPU tensors in the input order (sums over completion tokens; 0 for an
@@ -67,10 +56,12 @@ def sequence_kl(policy, reference, prompt_ids: list[list[int]], completion_ids: 
     try:
         for first in range(0, len(order), batch_size):
             batch = order[first:first + batch_size]
-            ids, mask, labels = _right_padded([prompt_ids[i] for i in batch], [completion_ids[i] for i in batch],
-                                              pad_id)
+            # prompt + completion, right-padded; labels IGNORE_INDEX off the completion
+            ids, mask = pad_rows([prompt_ids[i] + completion_ids[i] for i in batch], pad_id)
+            labels, _ = pad_rows([[IGNORE_INDEX] * len(prompt_ids[i]) + completion_ids[i] for i in batch],
+                                 IGNORE_INDEX)
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            rows, targets = _shifted_rows(labels)
+            rows, targets = response_rows(labels)
             seq = torch.div(rows, ids.shape[1], rounding_mode="floor")  # [M] row → sequence in the batch
             per_token = {name: torch.zeros(rows.shape[0], device=device) for name in ("exact", "policy", "reference")}
             for (sl, logp_policy), (_, logp_reference) in zip(_row_log_probs(policy, ids, mask, rows, chunk_size),

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dpo.batching import pad_rows
+
 
 class RewardError(ValueError):
     pass
@@ -40,32 +42,34 @@ def _our_model(path, device, dtype, expect_kind):
 
 
 def _score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
-    from dpo.reward_model import _right_pad
+    """model.rewards of non-empty token rows, right-padded with pad_id in batches sorted by length."""
     out = torch.empty(len(rows), dtype=torch.float32)
     with torch.no_grad():
         for batch in _batches([len(r) for r in rows], batch_size):
-            ids, mask = _right_pad([rows[i] for i in batch], pad_id)
+            ids, mask = pad_rows([rows[i] for i in batch], pad_id)
             out[batch] = model.rewards(ids.to(device), mask.to(device)).float().cpu()
     return out
 
 
 def classifier_scorer(path, *, device="cpu", dtype=None, batch_size: int = 32, max_length: int | None = None):
     """p(positive) of prompt + completion from our classifier (dpo.reward_model, n_outputs = 2)."""
-    from dpo.reward_model import CLASSIFIER, _pad_id
+    from dpo.reward_model import CLASSIFIER
     model, tokenizer = _our_model(path, device, dtype, CLASSIFIER)
     max_length = max_length or model.backbone.config.max_seq_len
+    pad_id = tokenizer.pad_id_or_eos()
 
     def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
-        rows = [tokenizer.encode(p + c)[-max_length:] or [_pad_id(tokenizer)] for p, c in zip(prompts, completions)]
-        return _score_ids(model, rows, _pad_id(tokenizer), batch_size, device)
+        rows = [tokenizer.encode(p + c)[-max_length:] or [pad_id] for p, c in zip(prompts, completions)]
+        return _score_ids(model, rows, pad_id, batch_size, device)
     return score
 
 
 def reward_model_scorer(path, *, device="cpu", dtype=None, batch_size: int = 16, max_length: int | None = None):
     """r(prompt, completion) from our Bradley–Terry reward model (dpo.reward_model, n_outputs = 1)."""
-    from dpo.reward_model import BRADLEY_TERRY, _pad_id, pair_ids
+    from dpo.reward_model import BRADLEY_TERRY, pair_ids
     model, tokenizer = _our_model(path, device, dtype, BRADLEY_TERRY)
     max_length = max_length or model.backbone.config.max_seq_len
+    pad_id = tokenizer.pad_id_or_eos()
     prompt_cache = {}
 
     def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -73,8 +77,8 @@ def reward_model_scorer(path, *, device="cpu", dtype=None, batch_size: int = 16,
         for p, c in zip(prompts, completions):
             if p not in prompt_cache:
                 prompt_cache[p] = tokenizer.encode(p)
-            rows.append(pair_ids(prompt_cache[p], tokenizer.encode(c), max_length) or [_pad_id(tokenizer)])
-        return _score_ids(model, rows, _pad_id(tokenizer), batch_size, device)
+            rows.append(pair_ids(prompt_cache[p], tokenizer.encode(c), max_length) or [pad_id])
+        return _score_ids(model, rows, pad_id, batch_size, device)
     return score
 
 

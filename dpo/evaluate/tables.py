@@ -24,22 +24,26 @@ unparseable, errors, missing_baseline, win_rate = (wins + ties/2) / (wins + loss
 interval ci_low..ci_high, and rouge_l_mean (the candidates' ROUGE-L F1 against the reference) when the
 rows carry references. Unparseable answers and errors are reported, not counted as wins or losses.
 
-The samples-file format (read_samples / write_lines_atomic) lives here too: sample.py and Best-of-N use it.
+The samples-file reader (read_samples: JSON lines through dpo.data.read_jsonl, each row with prompt_id and
+sample_index) lives here too: sample.py and Best-of-N use it.
 """
 import argparse
+import contextlib
 import csv
 import io
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
+from dpo import data
+from dpo.files import atomic_write
+
 GROUP_KEYS = ("model", "temperature", "top_k", "top_p", "best_of")
 
 
-class SamplesFileError(ValueError):
+class SamplesFileError(data.DataError):
     """A samples file that cannot be read; the message names the file and line."""
 
 
@@ -48,53 +52,55 @@ class SamplesFileError(ValueError):
 
 
 def read_samples(path, truncate_partial: bool = False) -> list[dict]:
-    """Rows of a samples file (JSON lines with prompt_id and sample_index). A last line without its newline
-    is an interrupted write: it is dropped (and cut off the file with `truncate_partial`)."""
+    """Rows of a samples file: JSON lines (dpo.data.read_jsonl, bad lines are a DataError naming file and
+    line), each with prompt_id and sample_index; a missing file has none. A last line without its newline
+    is a write cut by a kill, or one still in progress (another rank's part file): it is left out, and cut
+    off the file only with `truncate_partial` (a file this process appends to)."""
     path = Path(path)
-    if not path.is_file():
+    if truncate_partial:
+        lines = data.read_jsonl(path, resumable=True)
+    elif not path.is_file():
         return []
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    if end < len(raw) and truncate_partial:
-        with open(path, "r+b") as f:
-            f.truncate(end)
+    else:
+        lines = complete_lines(path)
     rows = []
-    for lineno, line in enumerate(raw[:end].decode("utf-8", "replace").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SamplesFileError(f"{path}:{lineno}: not a JSON line ({e.msg}); is this a samples file?") from None
-        if not isinstance(row, dict) or "prompt_id" not in row or "sample_index" not in row:
+    for lineno, row in lines:
+        if "prompt_id" not in row or "sample_index" not in row:
             raise SamplesFileError(f"{path}:{lineno}: not a samples row (needs prompt_id and sample_index)")
         rows.append(row)
     return rows
 
 
-def write_lines_atomic(path, lines: list[str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def complete_lines(path):
+    """dpo.data.read_jsonl over the lines that end in a newline now, leaving the file as it is: the first
+    n lines of a file that is only ever appended to stay as they are while a writer adds more. (A .gz
+    file is read whole: nothing appends to one.)"""
+    if Path(path).suffix == ".gz":
+        yield from data.read_jsonl(path)
+        return
+    with open(path, "rb") as f:
+        n = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    with contextlib.closing(data.read_jsonl(path)) as lines:
+        for lineno, row in lines:
+            if lineno > n:
+                return
+            yield lineno, row
+            if lineno == n:  # stop before the next line, which may be half written
+                return
 
 
 def write_tables(prefix, kind: str, args: dict, rows: list[dict], details: list[dict], detail_name: str) -> list[Path]:
     """PREFIX.json, PREFIX.csv and PREFIX.{detail_name}.jsonl, each atomically. Returns the paths."""
     prefix = Path(prefix)
     paths = [prefix.with_name(prefix.name + ext) for ext in (".json", ".csv", f".{detail_name}.jsonl")]
-    write_lines_atomic(paths[0], [json.dumps({"kind": kind, "args": args, "rows": rows}, indent=2) + "\n"])
+    atomic_write(paths[0], json.dumps({"kind": kind, "args": args, "rows": rows}, indent=2) + "\n")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_lines_atomic(paths[1], [buf.getvalue()])
-    write_lines_atomic(paths[2], [json.dumps(d, ensure_ascii=False) + "\n" for d in details])
+    atomic_write(paths[1], buf.getvalue())
+    atomic_write(paths[2], "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in details))
     return paths
 
 
@@ -108,17 +114,6 @@ def group_rows(path) -> list[tuple[dict, list[dict]]]:
         key = tuple(row.get(k) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(row)
     return [({"file": str(path), **dict(zip(GROUP_KEYS, key))}, g) for key, g in groups.items()]
-
-
-def resolve_model_dir(name) -> Path:
-    """A checkpoint folder, or a hub name ("gpt2", "EleutherAI/pythia-2.8b") fetched into the cache (dpo.interop.hub)."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
-        raise SamplesFileError(f"{name}: not a checkpoint folder")
-    from dpo.interop.hub import snapshot_download
-    return snapshot_download(str(name))
 
 
 def step_of(model: str | None) -> int | None:
@@ -173,11 +168,10 @@ def _token_ids(rows: list[dict], tokenizer) -> tuple[list[list[int]], list[list[
 
 def group_kl(rows: list[dict], policy, reference, tokenizer, *, device="cpu", batch_size: int = 8) -> dict:
     """Per-sample KL estimates (dpo.evaluate.kl.sequence_kl) of one group's rows."""
-    from dpo.batching import pad_id_for
     from dpo.evaluate.kl import sequence_kl
     prompts, completions, retokenized = _token_ids(rows, tokenizer)
     out = sequence_kl(policy, reference, prompts, completions, batch_size=batch_size, device=device,
-                      pad_id=pad_id_for(tokenizer))
+                      pad_id=tokenizer.pad_id_or_eos())
     out["retokenized"] = retokenized
     return out
 
@@ -186,12 +180,13 @@ def reward_table(sample_files: list, scorer, *, reference_model=None, policy_mod
                  dtype=None, batch_size: int = 8) -> tuple[list[dict], list[dict]]:
     """Rows of the reward (and KL) table and per-sample details, see the module docstring."""
     import torch
-    from dpo.model import GPT
+    from dpo.interop.hf_checkpoint import load_pretrained
+    from dpo.interop.hub import resolve_model_dir
     from dpo.tokenizer import Tokenizer
     reference = tokenizer = None
     if reference_model:
         reference_model = resolve_model_dir(reference_model)
-        reference = GPT.from_pretrained(reference_model, dtype=dtype or torch.float32, device=device).eval()
+        reference = load_pretrained(reference_model, dtype=dtype or torch.float32, device=device).eval()
         tokenizer = Tokenizer.from_pretrained(reference_model)
     table, details = [], []
     for path in sample_files:
@@ -205,7 +200,7 @@ def reward_table(sample_files: list, scorer, *, reference_model=None, policy_mod
                 policy_dir = policy_model or key["model"]
                 if not policy_dir:
                     raise SamplesFileError(f"{path}: rows name no model; pass --policy-model")
-                policy = GPT.from_pretrained(policy_dir, dtype=dtype or torch.float32, device=device).eval()
+                policy = load_pretrained(policy_dir, dtype=dtype or torch.float32, device=device).eval()
                 kl = group_kl(rows, policy, reference, tokenizer, device=device, batch_size=batch_size)
                 del policy
                 row["kl_exact_mean"], row["kl_exact_sem"] = mean_sem(kl["kl_exact"].tolist())

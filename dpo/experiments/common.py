@@ -1,16 +1,19 @@
-"""Pieces every experiment driver shares: its config, JSON lines files, train.py runs, checkpoints, results.
+"""Pieces every experiment driver shares: JSON lines and CSV files, held-out prompts, train.py runs,
+checkpoints, sweeps.
 
 An experiment is a folder of files, each written by one stage and read by the next, so that any stage
 can run alone, a killed stage resumes, and a finished stage is skipped:
 
-    experiment config (a dataclass filled from YAML + key=value overrides, as train.py's config)
+    experiment config (a dataclass filled from YAML + key=value overrides by dpo.config.load_config, as
+                       train.py's config; saved with dpo.config.save_config)
     train.py runs      launched as subprocesses (optionally under torchrun), resumed from their latest
                        checkpoint, skipped when out_dir/final exists
-    sample files       JSON lines appended a batch at a time (a line cut by a kill is dropped on read)
+    sample files       JSON lines appended a batch at a time (append_jsonl); read back with
+                       dpo.data.read_jsonl(resumable=True), which drops a line cut by a kill
     results            one row per (run, step) in results.jsonl, rewritten as results.csv for the notebooks
+Whole files are written atomically (dpo.files.atomic_write).
 """
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -20,9 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from dpo.config import _fill, _set_dotted
+from dpo import data
+from dpo.files import atomic_write
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 
@@ -32,48 +34,11 @@ class ExperimentError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Config: a dataclass per experiment, filled like dpo.config (unknown keys and wrong types are errors).
-
-def load_experiment(cls, path=None, overrides=()):
-    """An instance of the dataclass `cls`: defaults <- YAML file <- `key=value` overrides."""
-    config = cls()
-    if path:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ExperimentError(f"{path}: cannot read experiment config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ExperimentError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-        _fill(config, values, "", str(path))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ExperimentError(f"command line: override '{item}' is not of the form key=value")
-        nested = {}
-        _set_dotted(nested, key.lstrip("-"), yaml.safe_load(raw) if raw != "" else "")
-        _fill(config, nested, "", "command line")
-    return config
-
-
-def save_experiment(config, path) -> None:
-    write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------------
 # Files
-
-def write_text(path, text: str) -> None:
-    """Atomic: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def write_jsonl(path, rows) -> None:
     """Write all rows at once, atomically."""
-    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def append_jsonl(path, rows) -> None:
@@ -86,49 +51,13 @@ def append_jsonl(path, rows) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path, *, resumable: bool = False) -> list[dict]:
-    """Rows of a JSON lines file. resumable: a last line without its newline (a write cut by a kill) is
-    dropped with a message on stderr and the file is truncated to its last complete line, so the next
-    append starts clean; anywhere else a bad line is an error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        return [] if resumable else _missing(path)
-    text = path.read_text()
-    lines = text.split("\n")
-    if lines[-1]:  # no final newline
-        if not resumable:
-            lines.append("")
-        else:
-            print(f"{path}: dropping an incomplete last line ({len(lines[-1])} chars, cut by an interrupted "
-                  f"write); it will be redone", file=sys.stderr)
-            with open(path, "r+") as f:
-                f.truncate(len(text.encode()) - len(lines[-1].encode()))
-            lines[-1] = ""
-    rows = []
-    for lineno, line in enumerate(lines[:-1], 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ExperimentError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ExperimentError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _missing(path):
-    raise ExperimentError(f"{path}: no such file (run the stage that writes it first)")
-
-
 def write_csv(path, rows: list[dict], columns: list[str]) -> None:
     """Rows as CSV with exactly `columns` (missing values empty), atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,6 +157,15 @@ def expand_sweep(methods: dict, where: str = "methods") -> list[dict]:
     if len(set(names)) != len(names):
         raise ExperimentError(f"{where}: two runs share a name ({', '.join(sorted(names))})")
     return runs
+
+
+def hold_out(rows: list[dict], n: int, seed: int) -> None:
+    """Mark a seeded random subset of n rows (dpo.data.seeded_subset) split "eval" and the others "train",
+    in place: the prompts whose pairs become train.py's evaluation set. A random subset, not the last n:
+    the rows are in file order (IMDB's split is sorted by polarity)."""
+    held = set(data.seeded_subset(len(rows), n, seed)) if n > 0 else set()
+    for i, row in enumerate(rows):
+        row["split"] = "eval" if i in held else "train"
 
 
 def require(path: Path, stage: str) -> Path:

@@ -43,11 +43,15 @@ from pathlib import Path
 import torch
 
 from dpo import data
+from dpo.config import ConfigError, load_config, save_config
+from dpo.data import DataError
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, jupyter_execute, parse_stages, require, append_jsonl, expand_sweep, list_checkpoints, load_experiment, read_jsonl, run_train,
-    save_experiment, train_done, write_csv, write_jsonl, write_text,
+    ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, list_checkpoints, parse_stages, require,
+    run_train, train_done, write_csv, write_jsonl,
 )
+from dpo.files import atomic_write
+from dpo.generation import completion_text, generate, stop_ids
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PY = REPO / "sample.py"
@@ -158,7 +162,7 @@ def stage_prepare(x: ImdbExperiment) -> None:
     counts = Counter()
     for split, n in (("train", x.window_reviews), ("test", x.window_reviews // 2)):
         reviews = data.read_imdb(x.imdb_path, split)
-        for review in (reviews[i] for i in seeded_subset(len(reviews), n, x.seed)):
+        for review in (reviews[i] for i in data.seeded_subset(len(reviews), n, x.seed)):
             windows = review_windows(review["text"], x.window_words)
             if len(windows) >= 1000:
                 raise ExperimentError(f"{review['source']}: more than 999 windows of {x.window_words} words")
@@ -194,17 +198,11 @@ def stage_classifier(x: ImdbExperiment) -> None:
 # ---------------------------------------------------------------------------------------------------
 # sample: prefixes, then sample.py
 
-def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
-    """n indices of range(n_total) in a seeded random order (all of them when n <= 0 or n >= n_total).
-    read_imdb sorts reviews by polarity, so a plain head would be all negative."""
-    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).tolist()
-    return order if n <= 0 or n >= n_total else order[:n]
-
-
 def prefix_prompts(x: ImdbExperiment, split: str, n: int, tokenizer, seed: int) -> tuple[list[dict], Counter]:
-    """{"prompt_id", "prompt", "label", "source"} for the 2–8-token prefixes of n seeded-random reviews."""
+    """{"prompt_id", "prompt", "label", "source"} for the 2–8-token prefixes of n seeded-random reviews
+    (dpo.data.seeded_subset, in file order; all when n = 0)."""
     reviews = data.read_imdb(x.imdb_path, split)
-    chosen = [reviews[i] for i in seeded_subset(len(reviews), n, seed)]
+    chosen = [reviews[i] for i in data.seeded_subset(len(reviews), n, seed)]
     counts = Counter()
     prompts = data.imdb_prefix_prompts(chosen, tokenizer, seed, x.prefix_min_tokens, x.prefix_max_tokens, counts)
     rows = [{"prompt_id": i, "prompt": p["prompt"], "label": p["label"], "source": p["source"]}
@@ -222,8 +220,7 @@ def write_prompts(x: ImdbExperiment) -> None:
     if not 0 <= x.pair_eval_prefixes < len(train):
         raise ExperimentError(f"pair_eval_prefixes: {x.pair_eval_prefixes} of {len(train)} train prefixes "
                               f"would leave none to train on")
-    for i, row in enumerate(train):  # the last pair_eval_prefixes prefixes: train.py's evaluation pairs
-        row["split"] = "eval" if i >= len(train) - x.pair_eval_prefixes else "train"
+    hold_out(train, x.pair_eval_prefixes, x.seed)  # their pairs: train.py's evaluation set
     test, test_counts = prefix_prompts(x, "test", x.eval_prefixes, tokenizer, x.seed + 1)
     write_jsonl(p["test_prompts"], test)
     write_jsonl(p["train_prompts"], train)
@@ -242,7 +239,7 @@ def stage_sample(x: ImdbExperiment) -> None:
             return
     head = shlex.split(x.launcher) if x.launcher else [sys.executable]
     argv = [*head, str(SAMPLE_PY), "--model", str(p["sft"] / "final"), "--prompts", str(p["train_prompts"]),
-            "--out", str(p["samples"]), "--n", str(x.samples_per_prefix), "--temperature", str(x.temperature),
+            "--out", str(p["samples"]), "--num-samples", str(x.samples_per_prefix), "--temperature", str(x.temperature),
             "--max-new-tokens", str(x.max_new_tokens), "--batch-size", str(x.sample_batch_size),
             "--seed", str(x.seed), "--device", x.device]
     print("$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
@@ -276,13 +273,13 @@ def stage_label(x: ImdbExperiment) -> None:
     if p["pairs_summary"].is_file():
         print(f"skip: {p['pairs_summary']} exists")
         return
-    samples = read_jsonl(require(p["samples"], "sample"))
-    split_of = {r["prompt_id"]: r["split"] for r in read_jsonl(p["train_prompts"])}
-    done = {(r["prompt_id"], r["sample_index"]) for r in read_jsonl(p["scores"], resumable=True)}
+    samples = [r for _, r in data.read_jsonl(require(p["samples"], "sample"))]
+    split_of = {r["prompt_id"]: r["split"] for _, r in data.read_jsonl(p["train_prompts"])}
+    done = {(r["prompt_id"], r["sample_index"]) for _, r in data.read_jsonl(p["scores"], resumable=True)}
     if len(done) < len(samples):
         scorer = rewards.load_scorer(reward_spec(x), device=pick_device(x.device))
         score_rows(samples, scorer, done, p["scores"], x.reward_batch_size)
-    reward_of = {(r["prompt_id"], r["sample_index"]): r["reward"] for r in read_jsonl(p["scores"])}
+    reward_of = {(r["prompt_id"], r["sample_index"]): r["reward"] for _, r in data.read_jsonl(p["scores"])}
     missing = [r for r in samples if (r["prompt_id"], r["sample_index"]) not in reward_of]
     if missing:
         raise ExperimentError(f"{p['scores']}: no reward for {len(missing)} samples (rerun the label stage)")
@@ -299,7 +296,7 @@ def stage_label(x: ImdbExperiment) -> None:
                                   f"{reward_spec(x)} gives {len({r['reward'] for r in samples})} distinct values)")
         write_jsonl(out, split_pairs)
         summary[split] = dict(counts)
-    write_text(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
+    atomic_write(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,28 +334,24 @@ def stage_train(x: ImdbExperiment, only=None) -> None:
 # ---------------------------------------------------------------------------------------------------
 # evaluate: reward and KL of samples from every checkpoint
 
-@torch.no_grad()
 def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
                          temperature: float = 1.0, batch_size: int = 64, seed: int = 0, device="cpu") -> list[list[int]]:
-    """One completion per prompt (ids, ending with EOS when the sample stopped on one), in input order.
+    """One completion per prompt (dpo.generation.generate: ids up to and including the first stop token),
+    in input order.
 
-    Plain ancestral sampling (no top-k/top-p), rows sorted by prompt length and batched with the KV cache.
-    The batches and the generator seed are the same for every model, so two checkpoints see the same
-    random numbers (common random numbers: their difference has less noise than either)."""
-    from dpo.batching import collate_prompts, pad_id_for
-    pad_id = pad_id_for(tokenizer)
+    Plain ancestral sampling (no top-k/top-p), rows sorted by prompt length and batched. One generator on
+    `device` (the model's), seeded once, serves every batch, and the batches are the same for every model,
+    so two checkpoints see the same random numbers (common random numbers: their difference has less noise
+    than either)."""
     order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
     out = [None] * len(prompt_ids)
     generator = torch.Generator(device=device).manual_seed(seed)
     for k in range(0, len(order), batch_size):
         batch = order[k:k + batch_size]
-        collated = collate_prompts([prompt_ids[i] for i in batch], pad_id)
-        ids = collated["input_ids"].to(device)
-        new = model.generate(ids, collated["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-                             temperature=temperature, eos_id=tokenizer.eos_id, pad_id=pad_id,
-                             generator=generator)[:, ids.shape[1]:].tolist()
-        for i, row in zip(batch, new):
-            out[i] = row[:row.index(tokenizer.eos_id) + 1] if tokenizer.eos_id in row else row
+        completions = generate(model, tokenizer, [prompt_ids[i] for i in batch], max_new_tokens=max_new_tokens,
+                               temperature=temperature, generator=generator)
+        for i, completion in zip(batch, completions):
+            out[i] = completion
     return out
 
 
@@ -370,19 +363,18 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     reward_sem, kl_exact_mean, kl_exact_sem, kl_sampled_mean, kl_sampled_sem, mean_completion_tokens,
     eos_fraction. Sample rows are in sample.py's format (plus reward and KLs), so `python -m dpo.evaluate
     reward FILE --reward ...` can score them again with another reward."""
-    from dpo.batching import pad_id_for
     from dpo.evaluate.tables import mean_sem
     from dpo.evaluate.kl import sequence_kl
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     completion_ids = generate_completions(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                                           temperature=temperature, batch_size=batch_size, seed=seed, device=device)
-    eos = tokenizer.eos_id
-    texts = [tokenizer.decode([t for t in c if t != eos]) for c in completion_ids]
+    stop = stop_ids(policy, tokenizer)
+    texts = [completion_text(tokenizer, c, stop) for c in completion_ids]
     reward = scorer(prompts, texts).float().tolist()
     kl = sequence_kl(policy, reference, prompt_ids, completion_ids, batch_size=batch_size, device=device,
-                     pad_id=pad_id_for(tokenizer))
+                     pad_id=tokenizer.pad_id_or_eos())
     kl_exact, kl_sampled = kl["kl_exact"].tolist(), kl["kl_sampled"].tolist()
-    ended = [bool(c) and c[-1] == eos for c in completion_ids]
+    ended = [bool(c) and c[-1] in stop for c in completion_ids]
     metrics = {"n_samples": len(prompts)}
     metrics["reward_mean"], metrics["reward_sem"] = mean_sem(reward)
     metrics["kl_exact_mean"], metrics["kl_exact_sem"] = mean_sem(kl_exact)
@@ -425,26 +417,26 @@ def make_evaluator(x: ImdbExperiment):
     """evaluate(items) -> results rows of items not evaluated before (each appended to results.jsonl as
     soon as it is done). The reference (SFT) model, tokenizer, reward and test prompts load on first use."""
     from dpo.evaluate import rewards
-    from dpo.model import GPT
+    from dpo.interop.hf_checkpoint import load_pretrained
     from dpo.tokenizer import Tokenizer
     p = paths(x)
     state = {}
 
     def evaluate(items: list[dict]) -> list[dict]:
-        done = {(r["run"], r["step"]) for r in read_jsonl(p["results"], resumable=True)}
+        done = {(r["run"], r["step"]) for _, r in data.read_jsonl(p["results"], resumable=True)}
         todo = [item for item in items if (item["run"], item["step"]) not in done]
         if todo and not state:
             sft = require(p["sft"] / "final", "sft")
             state["device"] = device = pick_device(x.device)
-            state["prompts"] = [r["prompt"] for r in read_jsonl(require(p["test_prompts"], "sample"))]
+            state["prompts"] = [r["prompt"] for _, r in data.read_jsonl(require(p["test_prompts"], "sample"))]
             state["tokenizer"] = Tokenizer.from_pretrained(sft)
-            state["reference"] = GPT.from_pretrained(sft, device=device).eval()
+            state["reference"] = load_pretrained(sft, device=device).eval()
             state["scorer"] = rewards.load_scorer(reward_spec(x), device=device)
         rows = []
         for item in todo:
             start = time.perf_counter()
             policy = state["reference"] if item["run"] == "sft" else \
-                GPT.from_pretrained(item["checkpoint"], device=state["device"]).eval()
+                load_pretrained(item["checkpoint"], device=state["device"]).eval()
             metrics, samples = evaluate_policy(
                 policy, state["reference"], state["tokenizer"], state["prompts"], state["scorer"],
                 max_new_tokens=x.max_new_tokens, temperature=x.temperature, batch_size=x.eval_batch_size,
@@ -467,7 +459,8 @@ def make_evaluator(x: ImdbExperiment):
 def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
     p = paths(x)
     make_evaluator(x)(checkpoints_to_evaluate(x, only))
-    results = sorted(read_jsonl(p["results"], resumable=True), key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
+    results = sorted((r for _, r in data.read_jsonl(p["results"], resumable=True)),
+                     key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
     if not results:
         raise ExperimentError(f"{p['results']}: nothing evaluated")
     write_csv(p["results_csv"], results, RESULT_COLUMNS)
@@ -521,7 +514,7 @@ def stage_plot(x: ImdbExperiment) -> None:
 
 def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
     sweep(x, only)  # a bad sweep or --runs fails now, not after hours of earlier stages
-    save_experiment(x, Path(x.out_dir) / "experiment.yaml")
+    save_config(x, Path(x.out_dir) / "experiment.yaml")
     if x.threads > 0:  # this process and every train.py / sample.py it starts
         os.environ["OMP_NUM_THREADS"] = str(x.threads)
         torch.set_num_threads(x.threads)
@@ -544,9 +537,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
     args = parser.parse_args(argv)
     try:
-        x = load_experiment(ImdbExperiment, args.config, args.overrides)
+        x = load_config(args.config, args.overrides, cls=ImdbExperiment)
         run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
-    except (ExperimentError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ExperimentError, ConfigError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

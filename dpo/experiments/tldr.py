@@ -57,11 +57,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpo import data
+from dpo.config import ConfigError, load_config, save_config
+from dpo.data import DataError
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, jupyter_execute, parse_stages, require, append_jsonl, expand_sweep, load_experiment, read_jsonl, run_train, save_experiment, train_done,
-    write_csv, write_jsonl, write_text,
+    ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, parse_stages, require, run_train,
+    train_done, write_csv, write_jsonl,
 )
+from dpo.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PY = REPO / "sample.py"
@@ -250,7 +253,7 @@ def cut_posts(x: WinRateExperiment) -> None:
         source = Path(x.data_path) / f"{split}.jsonl"
         rows = []
         for lineno, obj in data.read_jsonl(source, counts):
-            post = data._get(obj, "post", f"{source}:{lineno}", nonempty=True)
+            post = data.get_field(obj, "post", f"{source}:{lineno}", nonempty=True)
             cut = cut_words(post, x.max_post_words)
             counts[f"{split} posts cut to {x.max_post_words} words"] += cut != post
             rows.append({**obj, "post": cut})
@@ -281,14 +284,6 @@ def stage_sft(x: WinRateExperiment) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Prompts
 
-def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
-    """n indices of range(n_total) in a seeded random order (all, shuffled, when n <= 0 or n >= n_total)."""
-    import random
-    order = list(range(n_total))
-    random.Random(seed).shuffle(order)
-    return order if n <= 0 or n >= n_total else order[:n]
-
-
 def task_prompts(x: WinRateExperiment, split: str, counts: Counter) -> list[dict]:
     """{"prompt", "reference", "source"} of a split: TL;DR posts with their human summary, or HH dialogues
     (single-turn ones when single_turn) with their chosen reply."""
@@ -305,8 +300,9 @@ def task_prompts(x: WinRateExperiment, split: str, counts: Counter) -> list[dict
 
 
 def pick_prompts(rows: list[dict], n: int, seed: int, prefix: str) -> list[dict]:
-    """A seeded subset of n rows with ids "prefix:position in the split" (unique across splits)."""
-    return [{"prompt_id": f"{prefix}:{i}", **rows[i]} for i in seeded_subset(len(rows), n, seed)]
+    """A seeded subset of n rows (dpo.data.seeded_subset: in split order, all when n = 0) with ids
+    "prefix:position in the split" (unique across splits)."""
+    return [{"prompt_id": f"{prefix}:{i}", **rows[i]} for i in data.seeded_subset(len(rows), n, seed)]
 
 
 def write_eval_prompts(x: WinRateExperiment) -> Path:
@@ -323,8 +319,8 @@ def write_eval_prompts(x: WinRateExperiment) -> Path:
 
 
 def write_pair_prompts(x: WinRateExperiment) -> Path:
-    """Train prompts (the last pair_eval_prompts held out: split "eval") and judge_prompts valid prompts
-    (split "judge"), each row with its "split"."""
+    """Train prompts (a seeded subset of pair_eval_prompts of them held out: split "eval", the rest
+    "train") and judge_prompts valid prompts (split "judge"), each row with its "split"."""
     path = paths(x)["pair_prompts"]
     if path.is_file():
         return path
@@ -333,8 +329,7 @@ def write_pair_prompts(x: WinRateExperiment) -> Path:
     if not 0 <= x.pair_eval_prompts < len(train):
         raise ExperimentError(f"pair_eval_prompts: {x.pair_eval_prompts} of {len(train)} train prompts would "
                               f"leave none to train on")
-    for i, row in enumerate(train):
-        row["split"] = "eval" if i >= len(train) - x.pair_eval_prompts else "train"
+    hold_out(train, x.pair_eval_prompts, x.seed)
     judge = pick_prompts(task_prompts(x, "valid", counts), x.judge_prompts, x.seed + 2, "valid") \
         if x.judge_prompts > 0 else []
     for row in judge:
@@ -415,11 +410,11 @@ def stage_pairs(x: WinRateExperiment) -> None:
         print(f"skip: {p['pairs_summary']} exists")
         return
     prompts_path = write_pair_prompts(x)
-    prompts = read_jsonl(prompts_path)
+    prompts = [r for _, r in data.read_jsonl(prompts_path)]
     if not complete(p["pair_samples"], len(prompts) * x.samples_per_prompt):
         run_sample(x, sft_dir(x), prompts_path, p["pair_samples"], temperature=x.pair_temperature,
                    n=x.samples_per_prompt)
-    samples = read_jsonl(p["pair_samples"])
+    samples = [r for _, r in data.read_jsonl(p["pair_samples"])]
     split_of = {r["prompt_id"]: r["split"] for r in prompts}
     sampled = {r["prompt_id"] for r in samples}
     left_out = [pid for pid in split_of if pid not in sampled]
@@ -433,7 +428,7 @@ def stage_pairs(x: WinRateExperiment) -> None:
             raise ExperimentError(f"pairs: no {split} pairs: every pair of samples was tied or empty")
         write_jsonl(p["pairs"] / f"{split}.jsonl", rows)
         summary[split] = dict(counts[split])
-    write_text(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
+    atomic_write(p["pairs_summary"], json.dumps(summary, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -495,7 +490,7 @@ def stage_generate(x: WinRateExperiment, only=None) -> None:
     candidates would be identical), so it is sampled once (best_of 1 in its rows)."""
     p = paths(x)
     prompts_path = write_eval_prompts(x)
-    n_prompts = len(read_jsonl(prompts_path))
+    n_prompts = sum(1 for _ in data.read_jsonl(prompts_path))
     for item in policies(x, only):
         model = item["model"] or sft_dir(x)
         if item["model"] and not train_done(Path(model).parent):
@@ -545,7 +540,7 @@ def stage_judge(x: WinRateExperiment, only=None) -> list[dict]:
     soon as it is done (a rerun judges only what is missing; the LLM judge's answers are cached on disk)."""
     from dpo.evaluate.tables import winrate_table
     p = paths(x)
-    done = {(r["judge"], r["run"], r["temperature"]) for r in read_jsonl(p["results"], resumable=True)}
+    done = {(r["judge"], r["run"], r["temperature"]) for _, r in data.read_jsonl(p["results"], resumable=True)}
     for spec in x.judges:
         judge = None
         against = spec.get("against", "reference")
@@ -570,7 +565,7 @@ def stage_judge(x: WinRateExperiment, only=None) -> list[dict]:
         client = getattr(judge, "client", None)
         if client is not None:
             print(f"judge {spec['name']}: {client.requests} HTTP requests, {client.cache_hits} answers from the cache")
-    results = sorted(read_jsonl(p["results"], resumable=True), key=result_order(x))
+    results = sorted((r for _, r in data.read_jsonl(p["results"], resumable=True)), key=result_order(x))
     if not results:
         raise ExperimentError(f"{p['results']}: nothing judged")
     write_csv(p["results_csv"], results, RESULT_COLUMNS)
@@ -644,7 +639,7 @@ def stage_plot(x: WinRateExperiment) -> None:
 def run_stages(x: WinRateExperiment, stages: list[str], only=None) -> None:
     check_experiment(x)
     sweep(x, only)  # a bad --runs fails now, not after hours of earlier stages
-    save_experiment(x, Path(x.out_dir) / "experiment.yaml")
+    save_config(x, Path(x.out_dir) / "experiment.yaml")
     if x.threads > 0:  # this process and every train.py / sample.py it starts
         os.environ["OMP_NUM_THREADS"] = str(x.threads)
         import torch
@@ -672,9 +667,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
     args = parser.parse_args(argv)
     try:
-        x = load_experiment(WinRateExperiment, args.config, args.overrides)
+        x = load_config(args.config, args.overrides, cls=WinRateExperiment)
         run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
-    except (ExperimentError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ExperimentError, ConfigError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

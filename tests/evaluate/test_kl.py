@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo.evaluate.kl import sequence_kl
+from dpo.generation import generate
 from dpo.model import GPT, GPTConfig
 
 V = 11
@@ -68,17 +69,25 @@ def test_batching_and_padding_change_nothing():
 
 
 def test_sampled_estimate_is_unbiased_for_the_sequence_kl():
-    """On many samples from the policy (T = 1), the mean sampled estimate and the mean exact per-token sum
-    agree (both estimate the same sequence KL), and the exact one has the smaller spread."""
+    """On many samples from the policy (T = 1, ending at the model's EOS or after 4 tokens), the mean sampled
+    estimate and the mean exact per-token sum agree (both estimate the same sequence KL), and the exact one
+    has the smaller spread."""
     policy, reference = tiny(1), tiny(2)
-    prompt = torch.tensor([[1, 2]]).repeat(400, 1)
     gen = torch.Generator().manual_seed(0)
-    out = policy.generate(prompt, max_new_tokens=4, temperature=1.0, eos_id=[], generator=gen)
-    completions = out[:, 2:].tolist()
+    completions = generate(policy, NoEosTokenizer(), [[1, 2]] * 400, max_new_tokens=4, temperature=1.0, generator=gen)
+    assert {len(c) for c in completions} != {4}  # some samples end at the EOS
     kl = sequence_kl(policy, reference, [[1, 2]] * 400, completions, batch_size=100)
     exact, sampled = kl["kl_exact"], kl["kl_sampled"]
     assert abs(exact.mean() - sampled.mean()) < 4 * sampled.std() / 20
     assert exact.std() < sampled.std()
+
+
+class NoEosTokenizer:
+    """What generate asks of a tokenizer: no EOS of its own (the model's config has one), pad id 0."""
+    eos_id = None
+
+    def pad_id_or_eos(self):
+        return 0
 
 
 def test_vocabulary_mismatch_is_an_error():

@@ -10,7 +10,9 @@ import torch
 import sample
 from dpo.evaluate import tables as E
 from dpo import quickstart
+from dpo.data import DataError
 from dpo.evaluate.kl import sequence_kl
+from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from helpers import byte_tokenizer
 
@@ -22,7 +24,7 @@ def save_tiny(path: Path, seed: int) -> Path:
     model = GPT(GPTConfig(vocab_size=EOS + 1, n_layer=1, n_head=2, n_embd=16, max_seq_len=64, eos_id=EOS))
     with torch.no_grad():
         model.wte.weight.normal_(0, 0.5)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     byte_tokenizer().save_pretrained(path)
     return path
 
@@ -59,11 +61,26 @@ def test_read_samples_drops_an_interrupted_line_and_names_bad_ones(tmp_path):
     E.read_samples(path, truncate_partial=True)
     assert path.read_text() == json.dumps(row(0, "a")) + "\n"
     path.write_text(json.dumps(row(0, "a")) + "\n{oops\n")
-    with pytest.raises(E.SamplesFileError, match=r"s.jsonl:2: not a JSON line"):
+    with pytest.raises(DataError, match=r"s.jsonl:2: invalid JSON"):
         E.read_samples(path)
     path.write_text('{"prompt": "x"}\n')
     with pytest.raises(E.SamplesFileError, match=r"s.jsonl:1: not a samples row"):
         E.read_samples(path)
+    assert E.read_samples(tmp_path / "missing.jsonl") == [] == E.read_samples(tmp_path / "missing.jsonl", True)
+
+
+def test_read_samples_reads_only_the_lines_complete_when_it_starts(tmp_path):
+    """Another rank's part file may grow while it is read: the rows are those of the complete lines at the
+    start, a line still being written is never parsed (nor cut: the file is not ours)."""
+    path = tmp_path / "s.jsonl.rank1.part"
+    path.write_text(json.dumps(row(0, "a")) + "\n" + json.dumps(row(1, "b")) + "\n" + '{"prompt_id": 2, "sa')
+    lines = E.complete_lines(path)
+    assert next(lines)[1]["prompt_id"] == 0
+    with open(path, "a") as f:  # the writer finishes its line and starts another
+        f.write('mple_index": 0}\n{"prom')
+    assert [r["prompt_id"] for _, r in lines] == [1]
+    assert [r["prompt_id"] for r in E.read_samples(path)] == [0, 1, 2]
+    assert path.read_text().endswith('{"prom')
 
 
 def test_reward_cli_writes_json_and_csv(tmp_path, capsys):
@@ -89,7 +106,7 @@ def test_reward_and_kl_per_checkpoint(tmp_path):
     """sample.py → evaluate: KL to the model itself is 0; to another reference it is dpo.evaluate.kl's value."""
     policy_dir = save_tiny(tmp_path / "run" / "checkpoints" / "step-000100", seed=0)
     reference_dir = save_tiny(tmp_path / "sft", seed=1)
-    policy, tok = GPT.from_pretrained(policy_dir), byte_tokenizer()
+    policy, tok = load_pretrained(policy_dir), byte_tokenizer()
     prompts = [{"prompt_id": i, "prompt": t, "prompt_input_ids": tok.encode(t)}
                for i, t in enumerate(quickstart.prompts(6, 0))]
     settings = {"model": str(policy_dir), "temperature": 1.0, "top_k": None, "top_p": None, "max_new_tokens": 10,
@@ -102,7 +119,7 @@ def test_reward_and_kl_per_checkpoint(tmp_path):
     assert same[0]["step"] == 100 and same[0]["kl_valid"] is True and same[0]["retokenized"] == 0
     table, details = E.reward_table([out], lambda p, c: torch.ones(len(c)), reference_model=str(reference_dir))
     rows = E.read_samples(out)
-    expected = sequence_kl(policy, GPT.from_pretrained(reference_dir), [r["prompt_token_ids"] for r in rows],
+    expected = sequence_kl(policy, load_pretrained(reference_dir), [r["prompt_token_ids"] for r in rows],
                            [r["completion_token_ids"] for r in rows])
     assert [d["kl_exact"] for d in details] == pytest.approx(expected["kl_exact"].tolist(), abs=1e-5)
     assert table[0]["kl_exact_mean"] == pytest.approx(expected["kl_exact"].mean().item(), abs=1e-5)

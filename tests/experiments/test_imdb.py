@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 from dpo import data
+from dpo.config import load_config
 from dpo.experiments import common, imdb, pairs
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def rows_of(path, **kw) -> list[dict]:
+    return [row for _, row in data.read_jsonl(path, **kw)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,31 +97,42 @@ def test_expand_sweep_names_and_overrides():
 
 def test_the_paper_sweep_in_the_shipped_configs():
     for name in ("paper.yaml", "mini.yaml"):
-        x = common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / name)
+        x = load_config(ROOT / "configs" / "imdb" / name, cls=imdb.ImdbExperiment)
         runs = imdb.sweep(x)
         assert [r["value"] for r in runs if r["method"] == "dpo"] == [0.05, 0.1, 1, 5]
         assert [r["value"] for r in runs if r["method"] == "unlikelihood"] == [0.05, 0.1, 0.5, 1]
         assert [r["name"] for r in runs if r["method"] == "preferred_ft"] == ["preferred_ft"]
         assert x.samples_per_prefix == 4 and x.max_new_tokens == 60 and x.temperature == 1.0
-    x = common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / "mini.yaml", ["out_dir=/x/y"])
+    x = load_config(ROOT / "configs" / "imdb" / "mini.yaml", ["out_dir=/x/y"], cls=imdb.ImdbExperiment)
     assert imdb.expand(x, x.classifier_overrides) == ["model.name=/x/y/sft/final"]
     with pytest.raises(common.ExperimentError, match="key=value"):
         imdb.expand(x, ["model.name"])
     with pytest.raises(ValueError, match="unknown key 'sample_size'"):
-        common.load_experiment(imdb.ImdbExperiment, ROOT / "configs" / "imdb" / "mini.yaml", ["sample_size=3"])
+        load_config(ROOT / "configs" / "imdb" / "mini.yaml", ["sample_size=3"], cls=imdb.ImdbExperiment)
 
 
-def test_resumable_jsonl_drops_a_cut_last_line(tmp_path, capsys):
+def test_appended_jsonl_resumes_after_a_cut_last_line(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     common.append_jsonl(path, [{"a": 1}, {"a": 2}])
     with open(path, "a") as f:
         f.write('{"a": 3')  # a write cut by a kill
-    with pytest.raises(common.ExperimentError, match=r"rows.jsonl:3: invalid JSON"):
-        common.read_jsonl(path)
-    assert common.read_jsonl(path, resumable=True) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(data.DataError, match=r"rows.jsonl:3: invalid JSON"):
+        rows_of(path)
+    assert rows_of(path, resumable=True) == [{"a": 1}, {"a": 2}]
     assert "incomplete last line" in capsys.readouterr().err
     common.append_jsonl(path, [{"a": 3}])
-    assert common.read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert rows_of(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_hold_out_marks_a_seeded_subset():
+    def held(n_rows, n, seed):
+        marked = [{"i": i} for i in range(n_rows)]
+        common.hold_out(marked, n, seed)
+        assert {r["split"] for r in marked} <= {"train", "eval"}
+        return [r["i"] for r in marked if r["split"] == "eval"]
+    assert len(held(40, 10, 0)) == 10 and held(40, 10, 0) == held(40, 10, 0) != held(40, 10, 1)
+    assert held(40, 10, 0) != list(range(30, 40))  # not the last rows: file order can be sorted by label
+    assert held(40, 0, 0) == []
 
 
 def test_list_checkpoints_only_complete_ones(tmp_path):
@@ -135,8 +151,6 @@ def test_review_windows():
     assert imdb.review_windows(text, 4) == ["w0 w1 w2 w3", "w4 w5 w6 w7", "w8 w9"]
     assert imdb.review_windows(text, 3) == ["w0 w1 w2", "w3 w4 w5", "w6 w7 w8 w9"]  # a 1-word stub joins
     assert imdb.review_windows("a  b\n\nc d", 3) == ["a  b\n\nc d"]
-    assert imdb.seeded_subset(10, 4, 0) == imdb.seeded_subset(10, 4, 0) != imdb.seeded_subset(10, 4, 1)
-    assert sorted(imdb.seeded_subset(10, 0, 0)) == list(range(10))
 
 
 def test_format_table():
@@ -286,18 +300,19 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     assert (out / "runs" / "preferred_ft" / "final" / "config.json").is_file()
     proc = driver(config, "train,evaluate")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    prompts = common.read_jsonl(out / "prompts" / "train.jsonl")
+    prompts = rows_of(out / "prompts" / "train.jsonl")
     assert len(prompts) == 24 and sum(p["split"] == "eval" for p in prompts) == 4
-    assert len(common.read_jsonl(out / "samples" / "train.jsonl")) == 24 * 4
+    assert {p["label"] for p in prompts} == {0, 1}
+    assert len(rows_of(out / "samples" / "train.jsonl")) == 24 * 4
     summary = json.loads((out / "pairs" / "summary.json").read_text())
     for split, n_prefixes in (("train", 20), ("eval", 4)):
         c = summary[split]
         assert c["prompts"] == n_prefixes and c["pairs possible"] == 6 * n_prefixes
         assert c["pairs"] + c.get(pairs.TIE, 0) + c.get(pairs.EMPTY, 0) == c["pairs possible"]
-        assert len(common.read_jsonl(out / "pairs" / f"{split}.jsonl")) == c["pairs"]
-    for pair in common.read_jsonl(out / "pairs" / "train.jsonl"):
+        assert len(rows_of(out / "pairs" / f"{split}.jsonl")) == c["pairs"]
+    for pair in rows_of(out / "pairs" / "train.jsonl"):
         assert pair["reward_chosen"] > pair["reward_rejected"]
-    results = common.read_jsonl(out / "results.jsonl")
+    results = rows_of(out / "results.jsonl")
     # the SFT model (step 0) and checkpoints 1 and 2 of both runs
     assert sorted((r["run"], r["step"]) for r in results) == [
         ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
@@ -306,7 +321,7 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     assert all(r["kl_exact_mean"] >= 0 and 0 <= r["reward_mean"] <= 1 for r in results)
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header == ",".join(imdb.RESULT_COLUMNS)
-    eval_rows = common.read_jsonl(out / "eval_samples" / "dpo-beta0.1" / "step-000002.jsonl")
+    eval_rows = rows_of(out / "eval_samples" / "dpo-beta0.1" / "step-000002.jsonl")
     assert len(eval_rows) == 8 and {"prompt", "completion", "completion_token_ids", "reward", "kl_exact"} <= set(eval_rows[0])
     # everything is done: a rerun skips every stage and changes nothing
     before = (out / "results.csv").read_text()

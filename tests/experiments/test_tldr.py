@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from dpo import data
+from dpo.config import load_config
 from dpo.evaluate import judge as J
 from dpo.experiments import common, pairs, tldr
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def rows_of(path) -> list[dict]:
+    return [row for _, row in data.read_jsonl(path)]
 
 
 def lcs(a: list, b: list) -> int:
@@ -75,8 +81,11 @@ def test_pairs_are_ordered_by_rouge_l_against_the_reference_ties_dropped_and_cou
 def test_cut_words_and_seeded_subsets():
     assert tldr.cut_words("a  b\n\nc d e", 3) == "a  b\n\nc"
     assert tldr.cut_words("a b", 3) == "a b"
-    assert tldr.seeded_subset(10, 4, 0) == tldr.seeded_subset(10, 4, 0) != tldr.seeded_subset(10, 4, 1)
-    assert sorted(tldr.seeded_subset(10, 0, 0)) == list(range(10)) and len(tldr.seeded_subset(10, 4, 0)) == 4
+    rows = [{"prompt": f"p{i}"} for i in range(10)]
+    ids = lambda n, seed: [r["prompt_id"] for r in tldr.pick_prompts(rows, n, seed, "test")]  # noqa: E731
+    assert ids(4, 0) == ids(4, 0) != ids(4, 1) and len(ids(4, 0)) == 4
+    assert ids(0, 0) == [f"test:{i}" for i in range(10)]
+    assert all(r["prompt"] == rows[int(r["prompt_id"][5:])]["prompt"] for r in tldr.pick_prompts(rows, 4, 0, "test"))
     assert [tldr.temperature_name(t) for t in (0, 0.25, 1.0)] == ["t0", "t0.25", "t1"]
 
 
@@ -84,25 +93,24 @@ def test_cut_words_and_seeded_subsets():
 # Configs
 
 def test_shipped_configs_validate():
-    mini = common.load_experiment(tldr.WinRateExperiment, ROOT / "configs" / "tldr" / "mini.yaml")
+    mini = load_config(ROOT / "configs" / "tldr" / "mini.yaml", cls=tldr.WinRateExperiment)
     tldr.check_experiment(mini)
     assert mini.temperatures == [0.0, 0.25, 0.5, 0.75, 1.0] and mini.preferences == "samples"
     assert [r["name"] for r in tldr.sweep(mini)] == ["dpo", "preferred_ft"]
     assert "loss.beta=0.5" in tldr.sweep(mini)[0]["overrides"]
     assert [(j["judge"], j["against"]) for j in mini.judges] == [("rouge", "sft@0"), ("judge_model", "reference")]
-    paper = common.load_experiment(tldr.WinRateExperiment, ROOT / "configs" / "tldr" / "pipeline.yaml")
+    paper = load_config(ROOT / "configs" / "tldr" / "pipeline.yaml", cls=tldr.WinRateExperiment)
     tldr.check_experiment(paper)
     assert paper.sft_model == "CarperAI/openai_summarize_tldr_sft" and paper.preferences == "human"
     assert paper.temperatures == [0.0, 0.25, 0.5, 0.75, 1.0] and paper.best_of == 128
     assert paper.judges[0]["judge"] == "llm" and paper.judges[0]["task"] == "summary_concise"
     assert "loss.beta=0.5" in tldr.sweep(paper)[0]["overrides"]
-    hh = common.load_experiment(tldr.WinRateExperiment, ROOT / "configs" / "hh" / "pipeline.yaml")
+    hh = load_config(ROOT / "configs" / "hh" / "pipeline.yaml", cls=tldr.WinRateExperiment)
     tldr.check_experiment(hh)
     assert hh.task == "hh" and hh.temperatures == [0.25, 0.7, 1.0] and hh.single_turn
     assert hh.judges[0]["task"] == "dialogue" and hh.judges[0]["against"] == "reference"
     for path in ["configs/tldr/mini_sft.yaml", "configs/tldr/mini_dpo.yaml", "configs/tldr/mini_reward_model.yaml",
                  "configs/tldr/reward_model.yaml", "configs/tldr/sft.yaml", "configs/hh/reward_model.yaml"]:
-        from dpo.config import load_config
         load_config(str(ROOT / path))  # unknown keys or wrong types raise
 
 
@@ -118,7 +126,7 @@ def test_shipped_configs_validate():
     (["methods={sft: {}}"], "taken by the baselines"),
 ])
 def test_bad_experiment_configs_fail_with_the_key(overrides, message):
-    x = common.load_experiment(tldr.WinRateExperiment, ROOT / "configs" / "tldr" / "pipeline.yaml", overrides)
+    x = load_config(ROOT / "configs" / "tldr" / "pipeline.yaml", overrides, cls=tldr.WinRateExperiment)
     with pytest.raises(common.ExperimentError, match=message):
         tldr.check_experiment(x)
 
@@ -138,7 +146,7 @@ def test_hh_prompts_are_single_turn_with_the_chosen_reply(tmp_path):
     assert len(prompts) == 4 and counts["multi-turn dialogues (single_turn)"] == 4
     assert prompts[0]["prompt"] == "\n\nHuman: hi?\n\nAssistant:" and prompts[0]["reference"] == " hello GOOD"
     path = tldr.write_eval_prompts(x)
-    written = common.read_jsonl(path)
+    written = rows_of(path)
     assert sorted(r["prompt_id"] for r in written) == ["test:0", "test:1", "test:2", "test:3"]
 
 
@@ -210,10 +218,10 @@ def test_judge_stage_end_to_end_against_a_stub_server(tmp_path, stub_judge, monk
     monkeypatch.setenv("DPO_JUDGE_URL", stub_judge.url)      # what a user provides for the paper-scale run
     monkeypatch.setenv("DPO_JUDGE_MODEL", "stub-gpt")
     monkeypatch.setenv("DPO_JUDGE_API_KEY", "sk-test")
-    x = common.load_experiment(tldr.WinRateExperiment, None, [
+    x = load_config(None, [
         f"out_dir={tmp_path / 'out'}", "methods={dpo: {overrides: [loss.beta=0.5]}}", "temperatures=[0, 1]",
         "judges=[{name: gpt, judge: llm, against: reference, workers: 2},"
-        "        {name: rouge, judge: rouge, against: sft@0}]"])
+        "        {name: rouge, judge: rouge, against: sft@0}]"], cls=tldr.WinRateExperiment)
     tldr.check_experiment(x)
     # reference lengths 27, 19, 16, 23, 21 characters; sft@0 on post 1 ties its reference (the stub says A)
     completions = {("sft", 0): [" docs", " X utility programs", " tools", " text", " ALSA"],
@@ -242,7 +250,7 @@ def test_judge_stage_end_to_end_against_a_stub_server(tmp_path, stub_judge, monk
     unparseable = 0
     for (run, t), texts in completions.items():
         row = rows[("gpt", run, float(t))]
-        verdicts = common.read_jsonl(tmp_path / "out" / "verdicts" / "gpt" / run / f"{tldr.temperature_name(t)}.jsonl")
+        verdicts = rows_of(tmp_path / "out" / "verdicts" / "gpt" / run / f"{tldr.temperature_name(t)}.jsonl")
         assert len(verdicts) == 5
         expected = Counter()
         for v, text, (_, _, reference) in zip(verdicts, texts, POSTS):
@@ -287,8 +295,8 @@ def test_judge_stage_end_to_end_against_a_stub_server(tmp_path, stub_judge, monk
 
 
 def test_judge_stage_needs_the_generations(tmp_path):
-    x = common.load_experiment(tldr.WinRateExperiment, None, [f"out_dir={tmp_path}", "temperatures=[0]",
-                                                              "judges=[{name: r, judge: rouge, against: sft@0}]"])
+    x = load_config(None, [f"out_dir={tmp_path}", "temperatures=[0]",
+                           "judges=[{name: r, judge: rouge, against: sft@0}]"], cls=tldr.WinRateExperiment)
     with pytest.raises(common.ExperimentError, match=r"t0.jsonl: missing; run the generate stage first"):
         tldr.stage_judge(x)
 
@@ -419,35 +427,35 @@ def test_driver_runs_every_stage_on_a_toy_folder(tmp_path, capsys):
     assert tldr.main(["--config", str(config), "--stage", stages]) == 0
     out = tmp_path / "out"
     # prepare: posts cut to 12 words
-    posts = common.read_jsonl(out / "data" / "tldr" / "train.jsonl")
+    posts = rows_of(out / "data" / "tldr" / "train.jsonl")
     assert all(len(r["post"].split()) == 12 for r in posts)
-    texts = common.read_jsonl(out / "data" / "sft_text" / "train.jsonl")
+    texts = rows_of(out / "data" / "sft_text" / "train.jsonl")
     assert texts[0] == {"prompt": "", "id": "train0", "completion": f"SUBREDDIT: r/debian\nTITLE: pkg0\nPOST: "
                         f"{posts[0]['post']}\nTL;DR: {posts[0]['summary']}"}
     # pairs: every split's counts add up; each pair ordered by ROUGE-L against its reference
     summary = json.loads((out / "pairs" / "summary.json").read_text())
-    references = {r["prompt_id"]: r["reference"] for r in common.read_jsonl(out / "prompts" / "pairs.jsonl")}
+    references = {r["prompt_id"]: r["reference"] for r in rows_of(out / "prompts" / "pairs.jsonl")}
     for split, prompts in (("train", 36), ("eval", 4), ("judge", 8)):
         c = summary[split]
         assert c["prompts"] == prompts and c["samples"] == 4 * prompts and c["pairs possible"] == 6 * prompts
         assert c["pairs"] + c.get(pairs.TIE, 0) + c.get(pairs.EMPTY, 0) == c["pairs possible"]
-        rows = common.read_jsonl(out / "pairs" / f"{split}.jsonl")
+        rows = rows_of(out / "pairs" / f"{split}.jsonl")
         assert len(rows) == c["pairs"]
         for p in rows:
             reference = references[p["prompt_id"]]
             assert rouge_l_f1(p["chosen"], reference) > rouge_l_f1(p["rejected"], reference)
-    assert {r["prompt_id"].split(":")[0] for r in common.read_jsonl(out / "pairs" / "judge.jsonl")} == {"valid"}
+    assert {r["prompt_id"].split(":")[0] for r in rows_of(out / "pairs" / "judge.jsonl")} == {"valid"}
     for name in ("sft", "reward_model", "judge_model", "runs/dpo"):
         assert common.train_done(out / name)
     # generate: every policy at every temperature, one sample per test post; Best-of-2 greedy is sampled once
     for run in ("sft", "dpo", "best_of_2"):
         for t in ("t0", "t1"):
-            rows = common.read_jsonl(out / "generations" / run / f"{t}.jsonl")
+            rows = rows_of(out / "generations" / run / f"{t}.jsonl")
             assert len(rows) == 6 and all(r["reference"] for r in rows)
-    assert {r["best_of"] for r in common.read_jsonl(out / "generations" / "best_of_2" / "t0.jsonl")} == {1}
-    assert {r["best_of"] for r in common.read_jsonl(out / "generations" / "best_of_2" / "t1.jsonl")} == {2}
+    assert {r["best_of"] for r in rows_of(out / "generations" / "best_of_2" / "t0.jsonl")} == {1}
+    assert {r["best_of"] for r in rows_of(out / "generations" / "best_of_2" / "t1.jsonl")} == {2}
     # judge: 2 judges x 3 runs x 2 temperatures
-    results = common.read_jsonl(out / "results.jsonl")
+    results = rows_of(out / "results.jsonl")
     assert len(results) == 12 and all(r["n"] + r["unparseable"] + r["errors"] == 6 for r in results)
     same = [r for r in results if r["judge"] == "rouge-vs-sft" and r["run"] == "sft" and r["temperature"] == 0]
     assert same[0]["ties"] == 6 and same[0]["win_rate"] == 0.5
@@ -456,7 +464,7 @@ def test_driver_runs_every_stage_on_a_toy_folder(tmp_path, capsys):
     # a rerun finds everything done
     assert tldr.main(["--config", str(config), "--stage", "prepare,pairs,generate,judge"]) == 0
     assert "skip: " in capsys.readouterr().out
-    assert len(common.read_jsonl(out / "results.jsonl")) == 12
+    assert len(rows_of(out / "results.jsonl")) == 12
 
 
 def test_cli_reports_a_bad_stage_or_override(tmp_path, capsys):

@@ -1,7 +1,5 @@
 """dpo/interop/hf_checkpoint.py: Hugging Face layout in and out, checked against transformers itself."""
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -9,8 +7,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 st = pytest.importorskip("safetensors.torch")
 
-from dpo.interop import hf_checkpoint  # noqa: E402
-from dpo.interop.hf_checkpoint import CheckpointError, config_from_hf, config_to_hf, load_pretrained  # noqa: E402
+from dpo.interop import hub  # noqa: E402
+from dpo.interop.hf_checkpoint import (CheckpointError, config_from_hf, config_to_hf, load_pretrained,  # noqa: E402
+                                       save_pretrained)
 from dpo.model import GPT, GPTConfig  # noqa: E402
 from helpers import randomize_  # noqa: E402
 
@@ -59,13 +58,13 @@ def test_our_checkpoint_loads_into_transformers(family, tmp_path):
     # our model, with a config read from the family's HF config and random weights of our own
     cfg = config_from_hf(HF_CONFIGS[family]().to_dict())
     ours = randomize_(GPT(cfg), seed=1)
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(hf).__name__ == SAVED_AS[family]
     assert_same_logits(ours, hf)
     # and back: the file we wrote is read by our loader into the same model
-    again = GPT.from_pretrained(tmp_path)
+    again = load_pretrained(tmp_path)
     assert again.config == ours.config
     assert_same_logits(again, hf)
 
@@ -81,7 +80,7 @@ def test_transformers_checkpoint_loads_into_ours(family, tmp_path):
     """The other direction for the families tests/test_model.py does not cover."""
     hf = hf_model(family)
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
     if family == "mistral":  # within its sliding window Mistral is plain causal attention
         assert ours.config.max_seq_len == 32
     assert_same_logits(ours, hf)
@@ -92,14 +91,14 @@ def test_sharded_safetensors(tmp_path):
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
-    assert_same_logits(GPT.from_pretrained(tmp_path), hf)
+    assert_same_logits(load_pretrained(tmp_path), hf)
 
 
 def test_pytorch_model_bin_single_and_sharded(tmp_path):
     hf = hf_model("gpt_neox")
     hf.config.save_pretrained(tmp_path / "single")
     torch.save(hf.state_dict(), tmp_path / "single" / "pytorch_model.bin")
-    assert_same_logits(GPT.from_pretrained(tmp_path / "single"), hf)
+    assert_same_logits(load_pretrained(tmp_path / "single"), hf)
     # sharded .bin with an index, as older transformers wrote them
     d = tmp_path / "sharded"
     hf.config.save_pretrained(d)
@@ -110,7 +109,7 @@ def test_pytorch_model_bin_single_and_sharded(tmp_path):
         torch.save({n: hf.state_dict()[n] for n in chunk}, d / shard)
         weight_map.update(dict.fromkeys(chunk, shard))
     (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    assert_same_logits(GPT.from_pretrained(d), hf)
+    assert_same_logits(load_pretrained(d), hf)
 
 
 def test_hub_style_gpt2_without_prefix_and_with_mask_buffers(tmp_path):
@@ -123,7 +122,7 @@ def test_hub_style_gpt2_without_prefix_and_with_mask_buffers(tmp_path):
         state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     st.save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     hf.config.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
     assert ours.lm_head.weight is ours.wte.weight
     assert_same_logits(ours, hf)
 
@@ -142,11 +141,11 @@ def test_old_style_pythia_config_keys():
 def test_bf16_load_gives_bf16_params(tmp_path):
     hf = hf_model("gptj")
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ours = load_pretrained(tmp_path, dtype=torch.bfloat16)
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
     assert ours.inv_freq.dtype == torch.float32  # rotary frequencies stay exact
     assert_same_logits(ours, hf, atol=0.1)
-    ours.save_pretrained(tmp_path / "out")
+    save_pretrained(ours, tmp_path / "out")
     header = json.loads((tmp_path / "out" / "config.json").read_text())
     assert header["torch_dtype"] == "bfloat16"
     assert {t.dtype for t in st.load_file(str(tmp_path / "out" / "model.safetensors")).values()} == {torch.bfloat16}
@@ -154,11 +153,11 @@ def test_bf16_load_gives_bf16_params(tmp_path):
 
 def test_save_with_dtype_and_tied_weights(tmp_path):
     ours = GPT(GPTConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, max_seq_len=32))
-    hf_checkpoint.save_pretrained(ours, tmp_path, dtype=torch.float16)
+    save_pretrained(ours, tmp_path, dtype=torch.float16)
     tensors = st.load_file(str(tmp_path / "model.safetensors"))
     assert "lm_head.weight" not in tensors and "transformer.wte.weight" in tensors  # tied: written once
     assert {t.dtype for t in tensors.values()} == {torch.float16}
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
 
 
 def test_unsupported_model_type_names_config_json(tmp_path):
@@ -198,7 +197,7 @@ def test_unsupported_rope_scaling_is_refused():
         config_from_hf(hf)
 
 
-def test_from_pretrained_downloads_names_that_are_not_folders(tmp_path, monkeypatch):
+def test_load_pretrained_downloads_names_that_are_not_folders(tmp_path, monkeypatch):
     hf = hf_model("gpt2")
     hf.save_pretrained(tmp_path / "snapshot")
     calls = []
@@ -206,7 +205,10 @@ def test_from_pretrained_downloads_names_that_are_not_folders(tmp_path, monkeypa
     def snapshot_download(repo_id, revision="main", cache_dir=None, endpoint=None):
         calls.append(repo_id)
         return tmp_path / "snapshot"
-    monkeypatch.setitem(sys.modules, "dpo.interop.hub", types.SimpleNamespace(snapshot_download=snapshot_download))
-    ours = GPT.from_pretrained("someone/tiny-gpt2")
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    ours = load_pretrained("someone/tiny-gpt2")
     assert calls == ["someone/tiny-gpt2"]
     assert_same_logits(ours, hf)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        load_pretrained(tmp_path / "absent")  # a path is never sent to the hub
+    assert calls == ["someone/tiny-gpt2"]

@@ -183,15 +183,16 @@ def test_cli_module_entry_point(tmp_path):
     assert proc.returncode == 1 and "org/absent" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_gpt_from_pretrained_by_name_downloads_through_the_hub(http_server, monkeypatch, tmp_path):
-    """GPT.from_pretrained("org/name") fetches the checkpoint from the (local) hub and loads the same weights."""
+def test_load_pretrained_by_name_downloads_through_the_hub(http_server, monkeypatch, tmp_path):
+    """load_pretrained("org/name") fetches the checkpoint from the (local) hub and loads the same weights."""
     torch = pytest.importorskip("torch")
+    from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
     from dpo.model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, max_seq_len=32)).eval()
-    model.save_pretrained(http_server.root / REPO / "resolve" / "main")
+    save_pretrained(model, http_server.root / REPO / "resolve" / "main")
     monkeypatch.setenv("DPO_HF_ENDPOINT", http_server.url)
-    loaded = GPT.from_pretrained(REPO).eval()
+    loaded = load_pretrained(REPO).eval()
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))
