@@ -56,15 +56,14 @@ def preference_step(policy, reference, batch: dict, config: Config):
     """B pairs (rows 0..B−1 chosen, B..2B−1 rejected). `reference` is a model, its cached log-probs
     (reference_cache.ReferenceLogps) or None (reference-free losses: log π_ref taken as 0)."""
     loss = config.loss
-    ld_alpha = None if loss.ld_alpha == 1.0 else loss.ld_alpha
     mask = response_mask(batch["labels"])
     policy_token_logps, policy_log_sum_sq = model_token_logps(policy, batch, with_log_sum_sq=loss.wpo)
-    policy_logps, lengths = sequence_logps(policy_token_logps, mask, ld_alpha)
+    policy_logps, lengths = sequence_logps(policy_token_logps, mask, loss.ld_alpha)
     if isinstance(reference, reference_cache.ReferenceLogps):
         reference_logps = reference.lookup(batch["indices"])
     elif reference is not None:
         with torch.no_grad():
-            reference_logps, _ = sequence_logps(model_token_logps(reference, batch)[0], mask, ld_alpha)
+            reference_logps, _ = sequence_logps(model_token_logps(reference, batch)[0], mask, loss.ld_alpha)
     else:
         reference_logps = torch.zeros_like(policy_logps)
     policy_chosen_logps, policy_rejected_logps = policy_logps.chunk(2)
@@ -133,12 +132,16 @@ def collate_fn(kind: str, tokenizer: Tokenizer, config: Config, device):
 # Building blocks: tokenizer, data, models, optimizer.
 
 def run_kind(config: Config, data_kind: str) -> str:
-    """preference | sft | classification | reward_pairs, from loss.name and the data's kind; checks they fit."""
+    """preference | sft | classification | reward_pairs, from loss.name and the data's kind; checks they fit.
+    (SFT losses also run on pairs: on the chosen responses, the paper's Preferred-FT.)"""
     name, fmt = config.loss.name, config.data.format
-    expected = {"classifier": "classification", "reward_model": "preference", "sft": "sft", "sft_mean": "sft"}
-    if expected.get(name, "preference") != data_kind:
-        raise ConfigError(f"loss.name={name} needs {expected.get(name, 'preference')} data; data.format "
-                          f"{fmt!r} holds {data_kind} examples")
+    needs = {"classifier": "classification", "reward_model": "preference"}.get(name)
+    if needs is None and data_kind == "sft" and name not in ("sft", "sft_mean"):
+        needs = "preference"
+    if needs is None and data_kind == "classification":
+        needs = "preference or sft"
+    if needs is not None and needs != data_kind:
+        raise ConfigError(f"loss.name={name} needs {needs} data; data.format {fmt!r} holds {data_kind} examples")
     return {"classifier": "classification", "reward_model": "reward_pairs"}.get(name, data_kind)
 
 
@@ -227,8 +230,8 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
 
 def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, examples, collate):
     """The frozen reference, wrapped like the policy; or, with train.reference_cache, its log-probs of every
-    example in `examples` (a list per split), computed once across ranks and kept on disk. None when the loss
-    reads no reference. Returns one entry per split."""
+    example in `examples` (a list per split), computed once across ranks and kept on disk. Returns one entry
+    per split."""
     path = config.reference or config.model.name
     if not path:  # a new model: the reference is the initial policy, kept on disk for resumes
         path = out_dir / "reference"
@@ -251,9 +254,8 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
         for i, split in enumerate(examples):
             if tables[i] is None:
                 with autocast(config, ctx):
-                    tables[i] = reference_cache.compute(
-                        reference, split, collate, config.train.micro_batch_size, ctx,
-                        None if config.loss.ld_alpha == 1.0 else config.loss.ld_alpha)
+                    tables[i] = reference_cache.compute(reference, split, collate, config.train.micro_batch_size,
+                                                        ctx, config.loss.ld_alpha)
                 if ctx.is_main:
                     reference_cache.save(tables[i], keys[i])
         del reference

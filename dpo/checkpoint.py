@@ -1,7 +1,7 @@
 """Training checkpoints: the policy in Hugging Face layout plus everything needed to resume exactly.
 
     out_dir/checkpoints/step-000120/
-        config.json, model.safetensors, tokenizer files   # loadable by GPT.from_pretrained and transformers
+        config.json, model.safetensors, tokenizer files   # loadable by hf_checkpoint.load_pretrained and transformers
         optimizer/                                        # torch.distributed.checkpoint (sharded under FSDP)
         trainer_state.json                                # step, examples, data position, scheduler, metrics
         rng-rank{r}.pt                                    # every rank's RNG states
@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dpo.distributed import Dist, barrier, unwrap
+from dpo.files import atomic_write
 from dpo.interop.hf_checkpoint import save_pretrained
 from dpo.reward_model import RewardModel, save_reward_model
 
@@ -66,9 +67,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
         if final.exists():  # a re-run of the same step: replace it, the old one stays until now
             shutil.rmtree(final)
         os.replace(tmp, final)
-        latest_tmp = root / "latest.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / "latest")
+        atomic_write(root / "latest", final.name)
     barrier()
     return final
 

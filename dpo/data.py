@@ -68,24 +68,28 @@ def _lines(path):
         raise DataError(f"{path}: truncated or unreadable after line {lineno} ({e})") from None
 
 
-def read_jsonl(path, counts: Counter | None = None, *, resumable: bool = False):
+def read_jsonl(path, counts: Counter | None = None, *, resumable: bool = False, truncate: bool = True):
     """Yield (line number, object) for each non-blank line of a JSON-lines file (.gz allowed).
 
-    resumable: a file that a run appends to (samples, labels). A missing file holds no rows, and a last
-    line without its newline (a write cut by a kill) is dropped, said on stderr, and cut off the file so
-    that the next append starts on a clean line."""
+    resumable: a file that runs append to (samples, labels). A missing file holds no rows, and a last line
+    without its newline (a write cut by a kill) is not read. With `truncate` it is also said on stderr and
+    cut off the file, so that this process's next append starts on a clean line; truncate=False leaves the
+    file as it is (another process may still be writing that line)."""
     path = Path(path)
-    if resumable:
-        if not path.is_file():
-            return
+    complete = None  # how many lines end in a newline (None: read them all)
+    if resumable and not path.is_file():
+        return
+    if resumable and path.suffix != ".gz":  # nothing appends to a .gz file
         raw = path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw):
+        complete, end = raw.count(b"\n"), raw.rfind(b"\n") + 1
+        if end < len(raw) and truncate:
             print(f"{path}: dropping an incomplete last line ({len(raw) - end} bytes, cut by an interrupted "
                   f"write); it will be redone", file=sys.stderr)
             with open(path, "r+b") as f:
                 f.truncate(end)
     for lineno, line in _lines(path):
+        if complete is not None and lineno > complete:
+            return
         if not line.strip():
             if counts is not None:
                 counts["blank lines (ignored)"] += 1

@@ -20,9 +20,9 @@ weights (functions at the end of this file).
 import torch
 import torch.nn.functional as F
 
+from dpo.batching import IGNORE_INDEX
 from dpo.distributed import unwrap
 
-IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024  # rows (token positions) per chunk: 1024 × 50,257 fp32 logits ≈ 206 MB
 
 
@@ -168,7 +168,7 @@ def model_token_logps(model, batch: dict, with_log_sum_sq: bool = False):
     return chunked_token_logps(hidden, weight, bias, batch["labels"], with_log_sum_sq=with_log_sum_sq)
 
 
-def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float | None = None):
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float | None = 1.0):
     """log π(y|x) per row: token_logps, mask [N, T−1] -> (logps [N], n_tokens [N]), the sum over response tokens.
 
     With ld_alpha, LD-DPO's length-desensitised log-prob (Liu et al., 2024, "Length Desensitization in
@@ -177,9 +177,10 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: floa
         log π̃(y|x) = Σ_{t ≤ l_p} log p_t + α · Σ_{t > l_p} log p_t,   l_p = min(|y_w|, |y_l|)
 
     the "public length" of each pair: the first l_p response tokens count in full, the verbose tail is
-    down-weighted by α ∈ [0, 1] (α = 1: plain DPO). Applied to policy and reference alike, as TRL does."""
+    down-weighted by α ∈ [0, 1] (α = 1 or None: the plain sum). Applied to policy and reference alike, as TRL
+    does."""
     n_tokens = mask.sum(-1)
-    if ld_alpha is None:
+    if ld_alpha is None or ld_alpha == 1.0:
         return token_logps.masked_fill(~mask, 0).sum(-1), n_tokens
     if not 0.0 <= ld_alpha <= 1.0:
         raise ValueError(f"ld_alpha must be in [0, 1], got {ld_alpha}")

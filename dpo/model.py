@@ -58,7 +58,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # lm_head.weight is wte.weight
     dropout: float = 0.0  # embeddings, attention probabilities and both residual branches
     bos_id: int | None = None
-    eos_id: int | list[int] | None = None  # a list: any of them ends a row in generate
+    eos_id: int | list[int] | None = None  # a list: any of them ends a sample (dpo.generation.stop_ids)
 
     def __post_init__(self):
         def check(ok, msg):

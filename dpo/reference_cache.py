@@ -85,7 +85,7 @@ def load(key: str) -> ReferenceLogps | None:
 
 
 @torch.no_grad()
-def compute(reference, examples: list[dict], collate, micro_batch_size: int, ctx, ld_alpha: float | None = None
+def compute(reference, examples: list[dict], collate, micro_batch_size: int, ctx, ld_alpha: float = 1.0
             ) -> ReferenceLogps:
     """log π_ref of every pair of `examples`: each rank computes its share (eval_micro_batches), the shares
     are summed across ranks (every example is computed by exactly one rank). Every rank calls it."""

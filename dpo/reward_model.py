@@ -21,7 +21,6 @@ model.safetensors with the backbone under transformers' names (dpo.interop.hf_ch
 `score.weight` [n_outputs, C]. The backbone's output projection (lm_head) is not part of the model.
 """
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from dpo.interop import hf_checkpoint, safetensors
 from dpo.batching import pad_rows
+from dpo.files import atomic_write
 from dpo.model import GPT
 
 CLASSIFIER, BRADLEY_TERRY = "classifier", "bradley_terry"
@@ -207,16 +207,14 @@ def save_reward_model(model: RewardModel, directory, tokenizer=None, dtype: torc
     labels = model.labels
     pad_id = model.pad_id
     if pad_id is None and tokenizer is not None:
-        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        pad_id = tokenizer.pad_id_or_eos()
     if pad_id is None:
         pad_id = cfg.eos_id[0] if isinstance(cfg.eos_id, list) else cfg.eos_id
     hf.update(architectures=[SEQUENCE_CLASSIFICATION[mt]], num_labels=len(labels),
               id2label={str(k): v for k, v in labels.items()}, label2id={v: k for k, v in labels.items()},
               pad_token_id=pad_id, dpo_reward_kind=model.kind,
               problem_type="single_label_classification" if model.kind == CLASSIFIER else "regression")
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(hf, indent=2) + "\n")
-    os.replace(tmp, directory / "config.json")
+    atomic_write(directory / "config.json", json.dumps(hf, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

@@ -52,7 +52,6 @@ from pathlib import Path
 from dpo.files import atomic_write
 from dpo.interop.bpe import (PRE_TOKENIZERS, ByteLevelBPE, TokenizerError, UnsupportedTokenizer, parse_merges,
                              pre_tokenizer_for, read_json, read_merges, read_vocab)
-from dpo.interop.bpe import bytes_to_unicode  # noqa: F401  (re-exported: tests build byte-level vocabularies with it)
 
 
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>", "<|eot_id|>")

@@ -33,7 +33,8 @@ class ByteTokenizer:
 
 def byte_tokenizer(eos_id: int = 256):
     """A real dpo Tokenizer (byte-level BPE, no merges): one id per UTF-8 byte, "<|endoftext|>" = eos_id."""
-    from dpo.tokenizer import Tokenizer, bytes_to_unicode
+    from dpo.interop.bpe import bytes_to_unicode
+    from dpo.tokenizer import Tokenizer
     b2u = bytes_to_unicode()
     return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": eos_id},
                               eos_token="<|endoftext|>")

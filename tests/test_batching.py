@@ -4,11 +4,12 @@ import json
 import random
 
 import pytest
+import torch
 
 from dpo import batching, data
 from dpo.batching import IGNORE_INDEX, BatchSchedule
 from dpo.data import DataError
-from helpers import ByteTokenizer
+from helpers import ByteTokenizer, byte_tokenizer
 
 
 TOK = ByteTokenizer()
@@ -39,6 +40,16 @@ def random_example(rng):
             "rejected": word(rng.randint(1, 40)), "source": "rand"}
 
 
+def tokenize_one(example, kind="preference", **settings):
+    """One example through tokenize_dataset: (tokenized example, None) or (None, drop reason)."""
+    kept, stats = batching.tokenize_dataset([example], TOK, kind=kind, **settings)
+    if kept:
+        assert stats["kept"] == 1 and stats["dropped"] == {} and kept[0]["index"] == 0
+        return kept[0], None
+    (reason,) = stats["dropped"]
+    return None, reason
+
+
 @pytest.mark.parametrize("side", ["keep_start", "keep_end"])
 def test_reference_mode_matches_the_authors_code(side):
     rng = random.Random(side)
@@ -46,9 +57,8 @@ def test_reference_mode_matches_the_authors_code(side):
         ex = random_example(rng)
         max_length = rng.randint(8, 70)
         max_prompt_length = rng.randint(1, max_length - 1)
-        out, reason = batching.tokenize_preference(ex, TOK, max_length=max_length,
-                                                   max_prompt_length=max_prompt_length,
-                                                   truncation="reference", prompt_truncation_side=side)
+        out, reason = tokenize_one(ex, max_length=max_length, max_prompt_length=max_prompt_length,
+                                   truncation="reference", prompt_truncation_side=side)
         expected = reference_tokenize(*(TOK.encode(ex[k]) for k in ("prompt", "chosen", "rejected")),
                                       side, max_length, max_prompt_length)
         assert reason is None
@@ -64,8 +74,8 @@ def test_keep_response_mode_never_cuts_responses(side):
     for _ in range(400):
         ex = random_example(rng)
         max_length = rng.randint(8, 70)
-        out, reason = batching.tokenize_preference(ex, TOK, max_length=max_length, max_prompt_length=4,
-                                                   truncation="keep_response", prompt_truncation_side=side)
+        out, reason = tokenize_one(ex, max_length=max_length, max_prompt_length=4,
+                                   truncation="keep_response", prompt_truncation_side=side)
         prompt = TOK.encode(ex["prompt"])
         longest = 1 + max(len(ex["chosen"]), len(ex["rejected"]))
         if reason is not None:  # dropped exactly when not even one prompt token (or no prompt at all) fits
@@ -90,8 +100,7 @@ def test_eos_once_per_response_unless_truncated_and_labels_mask_prompt():
     for truncation in batching.TRUNCATIONS:
         for _ in range(200):
             ex = random_example(rng)
-            out, reason = batching.tokenize_preference(ex, TOK, max_length=40, max_prompt_length=20,
-                                                       truncation=truncation)
+            out, reason = tokenize_one(ex, max_length=40, max_prompt_length=20, truncation=truncation)
             if reason:
                 continue
             n_prompt = len(out["prompt_input_ids"])
@@ -107,7 +116,7 @@ def test_eos_once_per_response_unless_truncated_and_labels_mask_prompt():
 def test_text_containing_eos_is_an_error():
     ex = {"prompt": "p", "chosen": "fine", "rejected": "bad<|endoftext|>", "source": "f.jsonl:7"}
     with pytest.raises(DataError, match=r"^f.jsonl:7: rejected contains the EOS token \(id 256\)"):
-        batching.tokenize_preference(ex, TOK, max_length=64, max_prompt_length=32)
+        tokenize_one(ex, max_length=64, max_prompt_length=32)
 
 
 def test_bad_truncation_settings():
@@ -116,20 +125,43 @@ def test_bad_truncation_settings():
                              ({"prompt_truncation_side": "middle"}, "prompt_truncation_side must be"),
                              ({"max_prompt_length": 64}, "need 0 < max_prompt_length < max_length")]:
         with pytest.raises(DataError, match=expected):
-            batching.tokenize_preference(ex, TOK, **{"max_length": 64, "max_prompt_length": 8, **kwargs})
+            tokenize_one(ex, **{"max_length": 64, "max_prompt_length": 8, **kwargs})
+    with pytest.raises(DataError, match="kind must be preference or sft"):
+        batching.tokenize_dataset([ex], TOK, kind="classification", max_length=64, max_prompt_length=8)
 
 
-def test_sft_and_lm_blocks():
-    out, reason = batching.tokenize_sft({"prompt": "ab", "completion": "cde"}, TOK, max_length=16,
-                                        max_prompt_length=8)
+def test_sft():
+    out, reason = tokenize_one({"prompt": "ab", "completion": "cde"}, kind="sft", max_length=16, max_prompt_length=8)
     assert reason is None and out["input_ids"] == [97, 98, 99, 100, 101, EOS]
-    assert out["labels"] == [IGNORE_INDEX, IGNORE_INDEX, 99, 100, 101, EOS]
-    out, reason = batching.tokenize_sft({"prompt": "", "completion": "x" * 20}, TOK, max_length=16,
-                                        max_prompt_length=8, truncation="keep_response")
+    assert out["labels"] == [IGNORE_INDEX, IGNORE_INDEX, 99, 100, 101, EOS] and out["prompt_input_ids"] == [97, 98]
+    # an empty prompt (plain text): every token is a label; the first is never scored (nothing precedes it)
+    out, _ = tokenize_one({"prompt": "", "completion": "xyz"}, kind="sft", max_length=16, max_prompt_length=8)
+    assert out["input_ids"] == out["labels"] == [120, 121, 122, EOS]
+    # reference mode cuts the completion to max_length - max_prompt_length, removing its EOS
+    out, _ = tokenize_one({"prompt": "", "completion": "x" * 20}, kind="sft", max_length=16, max_prompt_length=8)
+    assert out["input_ids"] == [120] * 8 and out["eos_removed"] == out["responses_truncated"] == 1
+    out, reason = tokenize_one({"prompt": "", "completion": "x" * 20}, kind="sft", max_length=16,
+                               max_prompt_length=8, truncation="keep_response")
     assert out is None and reason == batching.DROP_RESPONSE_TOO_LONG
-    blocks = batching.tokenize_lm_blocks(["abc", "de"], TOK, block_size=4)
-    assert [b["input_ids"] for b in blocks] == [[97, 98, 99, EOS], [100, 101, EOS]]
-    assert all(b["labels"] == b["input_ids"] for b in blocks)
+
+
+def test_encode_example_and_truncate():
+    """The two steps tokenize_dataset is made of: ids with EOS appended to each response, then the cut."""
+    ids = batching.encode_example({"prompt": "abcd", "chosen": "xy", "rejected": "z"}, TOK)
+    assert ids == {"prompt": [97, 98, 99, 100], "chosen": [120, 121, EOS], "rejected": [122, EOS]}
+    assert batching.encode_example({"prompt": "", "completion": "q"}, TOK) == {"prompt": [], "completion": [113, EOS]}
+    responses = [ids["chosen"], ids["rejected"]]
+    assert batching.truncate(ids["prompt"], responses, max_length=7, max_prompt_length=2) == (ids["prompt"], responses, None)
+    for side, prompt in (("keep_start", [97, 98]), ("keep_end", [99, 100])):
+        assert batching.truncate(ids["prompt"], responses, max_length=6, max_prompt_length=2,
+                                 prompt_truncation_side=side) == (prompt, responses, None)
+        assert batching.truncate(ids["prompt"], responses, max_length=6, max_prompt_length=3,
+                                 truncation="keep_response", prompt_truncation_side=side) == \
+            (ids["prompt"][:3] if side == "keep_start" else ids["prompt"][1:], responses, None)
+    assert batching.truncate(ids["prompt"], responses, max_length=4, max_prompt_length=2) == \
+        ([97, 98], [[120, 121], [122, EOS]], None)
+    assert batching.truncate([], responses, max_length=2, max_prompt_length=1, truncation="keep_response") == \
+        ([], responses, batching.DROP_RESPONSE_TOO_LONG)
 
 
 def test_tokenize_dataset_stats_and_summary(tmp_path):
@@ -160,6 +192,7 @@ def test_load_tokenized_limit_is_a_seeded_subset_in_file_order(tmp_path):
                                                   max_prompt_length=16, limit=10, seed=1)
     lines = [int(ex["source"].rsplit(":", 1)[1]) for ex in kept]
     assert kind == "preference" and len(kept) == 10 and lines == sorted(lines) and lines != list(range(1, 11))
+    assert lines == [i + 1 for i in data.seeded_subset(50, 10, seed=1)] and [ex["index"] for ex in kept] == list(range(10))
     again = batching.load_tokenized("preference_jsonl", path, "train", TOK, max_length=32, max_prompt_length=16,
                                     limit=10, seed=1)[1]
     assert [ex["source"] for ex in again] == [ex["source"] for ex in kept]
@@ -180,22 +213,22 @@ def test_hh_prompts_are_cut_from_the_start_by_default(tmp_path):
 
 
 def pairs(n, rng):
-    out = []
-    for i in range(n):
-        tok, _ = batching.tokenize_preference(random_example(rng), TOK, max_length=48, max_prompt_length=24)
-        out.append({**tok, "index": 100 + i})
-    return out
+    examples = [random_example(rng) for _ in range(n)]
+    kept, stats = batching.tokenize_dataset(examples, TOK, kind="preference", max_length=48, max_prompt_length=24)
+    assert stats["kept"] == n
+    return kept
 
 
 @pytest.mark.parametrize("multiple", [None, 8])
 def test_collate_preference_padding_never_carries_a_label(multiple):
-    batch = pairs(5, random.Random(1))
+    kept = pairs(12, random.Random(1))
+    batch = [kept[i] for i in (7, 2, 9, 0, 4)]  # a shuffled micro-batch
     out = batching.collate_preference(batch, pad_id=0, pad_to_multiple_of=multiple)
     B, T = 5, out["input_ids"].shape[1]
     longest = max(len(ex[f"{k}_input_ids"]) for ex in batch for k in ("chosen", "rejected"))
     assert T == (longest if multiple is None else -(-longest // 8) * 8)
     assert out["input_ids"].shape == out["attention_mask"].shape == out["labels"].shape == (2 * B, T)
-    assert out["indices"].tolist() == [100, 101, 102, 103, 104]
+    assert out["indices"].tolist() == [7, 2, 9, 0, 4] and out["indices"].dtype == torch.long
     pad = out["attention_mask"] == 0
     assert (out["labels"][pad] == IGNORE_INDEX).all() and (out["input_ids"][pad] == 0).all()
     for row, ex in enumerate(batch + batch):
@@ -208,13 +241,26 @@ def test_collate_preference_padding_never_carries_a_label(multiple):
                                 {"input_ids": [8], "labels": [8], "index": 4}], pad_id=9)
     assert sft["input_ids"].tolist() == [[5, 6, 7], [8, 9, 9]]
     assert sft["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert sft["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and sft["indices"].tolist() == [3, 4]
+    with pytest.raises(KeyError, match="index"):  # every tokenized example carries its index
+        batching.collate_sft([{"input_ids": [5], "labels": [5]}], pad_id=9)
+    with pytest.raises(KeyError, match="index"):
+        batching.collate_preference([{k: v for k, v in batch[0].items() if k != "index"}], pad_id=0)
 
 
-def test_collate_prompts_left_pads():
-    out = batching.collate_prompts([[1, 2, 3], [4], [5, 6]], pad_id=0, pad_to_multiple_of=4)
-    assert out["input_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 4], [0, 0, 5, 6]]
-    assert out["attention_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1]]
-    assert batching.pad_id_for(TOK) == EOS
+def test_pad_rows_right_and_left():
+    ids, mask = batching.pad_rows([[1, 2, 3], [4], [5, 6]], 0, left=True, multiple_of=4)
+    assert ids.tolist() == [[0, 1, 2, 3], [0, 0, 0, 4], [0, 0, 5, 6]]
+    assert mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1]]
+    ids, mask = batching.pad_rows([[1, 2, 3], [4], [5, 6]], -100)
+    assert ids.tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]] and ids.dtype == mask.dtype == torch.long
+    ids, mask = batching.pad_rows([[7, 8]], 9, multiple_of=2)  # already a multiple: no extra column
+    assert ids.tolist() == [[7, 8]] and mask.tolist() == [[1, 1]]
+    ids, mask = batching.pad_rows([[], [3]], 9)  # an empty row is all padding
+    assert ids.tolist() == [[9], [3]] and mask.tolist() == [[0], [1]]
+    # the pad id rule: the tokenizer's pad id, else EOS (GPT-2 has none)
+    assert TOK.pad_id_or_eos() == EOS and byte_tokenizer().pad_id_or_eos() == EOS
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -285,7 +331,7 @@ def test_eval_micro_batches_cover_every_example_once(n):
 # ---------------------------------------------------------------------------------------------- real tokenizer
 
 
-def test_gpt2_prompt_response_boundary(shared_data, tmp_path, capsys):
+def test_gpt2_prompt_response_boundary(shared_data):
     tokenizer_module = pytest.importorskip("dpo.tokenizer")
     tok = tokenizer_module.Tokenizer.from_pretrained(shared_data / "gpt2")
     examples = data.read_tldr_sft(shared_data / "tldr-mini", "valid")[:200]
@@ -304,13 +350,6 @@ def test_gpt2_prompt_response_boundary(shared_data, tmp_path, capsys):
     hh_like = {"prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello there.", "source": "hh"}
     _, hh_stats = batching.tokenize_dataset([hh_like], tok, kind="sft", max_length=64, max_prompt_length=32)
     assert hh_stats["boundary_differs"] == 0
-    pairs_file = tmp_path / "hh.jsonl"
-    pairs_file.write_text(json.dumps({"prompt": "\n\nHuman: Hi\n\nAssistant:", "chosen": " Hello.",
-                                      "rejected": " Go."}) + "\n")
-    assert data.main(["summary", "preference_jsonl", str(pairs_file), "--tokenizer", str(shared_data / "gpt2"),
-                      "--max-length", "10", "--max-prompt-length", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "prompt tokens before truncation: p50 9" in out and "prompts cut: 1" in out
     reviews = data.read_imdb(shared_data / "aclImdb-mini", "test")[:100]
     for p, r in zip(data.imdb_prefix_prompts(reviews, tok, seed=0), reviews):
         assert tok.encode(r["text"])[: len(p["prompt_input_ids"])] == p["prompt_input_ids"]

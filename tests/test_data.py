@@ -1,22 +1,19 @@
-"""Readers of the published formats, the summary, and the download CLI (against a local server only)."""
+"""Readers of the published formats, the JSON-lines reader (resumable files included), checked fields, the
+seeded subset and the summary. The download / summary CLI: tests/interop/test_datasets.py."""
 import gzip
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import torch
 
 from dpo import data
 from dpo.data import DataError
 from helpers import ByteTokenizer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_jsonl(path, rows, raw_lines=()):
@@ -69,30 +66,65 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, bad_line, expected):
         data.read_preference_jsonl(path)
 
 
-def test_cli_exits_nonzero_with_one_line_error(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(GOOD.encode() + b'{"prompt": "p", "chosen": "c"}\n')
-    result = subprocess.run([sys.executable, "-m", "dpo.data", "summary", "preference_jsonl", str(path)],
-                            cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr == f"error: {path}:2: missing key 'rejected'\n"
-    missing = subprocess.run([sys.executable, "-m", "dpo.data", "summary", "imdb", str(tmp_path / "nope")],
-                             cwd=REPO, capture_output=True, text=True)
-    assert missing.returncode == 1 and "neither an aclImdb folder" in missing.stderr
-
-
-def test_summary_cli_prints_counts(tmp_path, capsys):
-    path = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 4)
-    assert data.main(["summary", "preference_jsonl", str(path)]) == 0
-    assert "read 4 records" in capsys.readouterr().out
-
-
 def test_truncated_gzip_names_file(tmp_path):
     blob = gzip.compress(("".join(GOOD for _ in range(2000))).encode())
     path = tmp_path / "pairs.jsonl.gz"
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match=rf"^{path}: truncated or unreadable after line \d+"):
         data.read_preference_jsonl(path)
+
+
+def test_resumable_jsonl_drops_a_cut_last_line_and_truncates_it_off(tmp_path, capsys):
+    path = tmp_path / "samples.jsonl"
+    assert list(data.read_jsonl(path, resumable=True)) == []  # not written yet: no rows
+    with pytest.raises(DataError, match="no such file"):
+        list(data.read_jsonl(path))
+    complete = b'{"a": 1}\n\n{"a": 2}\n'
+    path.write_bytes(complete + b'{"a": 3, "b"')  # a write cut by a kill
+    with pytest.raises(DataError, match=rf"^{path}:4: invalid JSON"):  # not resumable: a bad line
+        list(data.read_jsonl(path))
+    assert path.read_bytes() == complete + b'{"a": 3, "b"'  # and the file is left alone
+    # truncate=False (another process may still be writing that line): not read, not said, not cut
+    assert list(data.read_jsonl(path, resumable=True, truncate=False)) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert capsys.readouterr().err == "" and path.read_bytes() == complete + b'{"a": 3, "b"'
+    counts = Counter()
+    assert list(data.read_jsonl(path, counts, resumable=True)) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert counts == {"blank lines (ignored)": 1}
+    err = capsys.readouterr().err
+    assert err == f"{path}: dropping an incomplete last line (12 bytes, cut by an interrupted write); it will be redone\n"
+    assert path.read_bytes() == complete  # cut off: the next append starts on a clean line
+    with open(path, "a") as f:
+        f.write(json.dumps({"a": 3}) + "\n")
+    assert [obj for _, obj in data.read_jsonl(path, resumable=True)] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert capsys.readouterr().err == ""  # a complete file: nothing said, nothing changed
+    assert [obj for _, obj in data.read_jsonl(path)] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    path.write_bytes(b'{"only": "cut')  # no complete line at all
+    assert list(data.read_jsonl(path, resumable=True)) == [] and path.read_bytes() == b""
+    assert "(13 bytes" in capsys.readouterr().err
+
+
+def test_get_field_checks_presence_type_and_blank():
+    obj = {"s": "text", "blank": "  ", "n": 3, "flag": True, "d": {"x": 1}}
+    assert data.get_field(obj, "s", "f:1") == "text" and data.get_field(obj, "blank", "f:1") == "  "
+    assert data.get_field(obj, "n", "f:1", int) == 3 and data.get_field(obj, "d", "f:1", dict) == {"x": 1}
+    for args, expected in [(("missing",), "f:1: missing key 'missing'"),
+                           (("n",), "f:1: key 'n' must be str, got int"),
+                           (("flag", int), "f:1: key 'flag' must be int, got bool"),  # bool is no int here
+                           (("d", list), "f:1: key 'd' must be list, got dict")]:
+        with pytest.raises(DataError, match=rf"^{expected}$"):
+            data.get_field(obj, args[0], "f:1", *args[1:])
+    with pytest.raises(DataError, match=r"^f:1: key 'blank' is empty$"):
+        data.get_field(obj, "blank", "f:1", nonempty=True)
+
+
+def test_seeded_subset():
+    subset = data.seeded_subset(50, 10, seed=1)
+    assert subset == sorted(torch.randperm(50, generator=torch.Generator().manual_seed(1))[:10].tolist())
+    assert len(set(subset)) == 10 and subset == sorted(subset) and 0 <= subset[0] and subset[-1] < 50
+    assert subset != list(range(10)) and data.seeded_subset(50, 10, seed=1) == subset
+    assert data.seeded_subset(50, 10, seed=2) != subset
+    for n in (0, -3, 50, 60):  # no limit, or more than there is: everything, in order
+        assert data.seeded_subset(50, n, seed=1) == list(range(50))
 
 
 def test_percentiles_are_nearest_rank():
@@ -347,61 +379,3 @@ def test_hh_bad_input(tmp_path):
 def test_unknown_format():
     with pytest.raises(DataError, match="unknown data format 'nope'; valid: preference_jsonl"):
         data.load_examples("nope", ".")
-
-
-# ---------------------------------------------------------------------------------------------- download
-
-
-def serve(http_server, name):
-    """Put a small file at the path of each canonical URL of `name`; return {relative dest: bytes}."""
-    files = {}
-    for i, (url, rel, _) in enumerate(data.DOWNLOADS[name]):
-        blob = (f"file {i} " * (500 + 37 * i)).encode()
-        target = http_server.root / urlsplit(url).path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(blob)
-        files[rel] = blob
-    return files
-
-
-def test_download_cli_fetches_and_resumes(http_server, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DPO_NO_PROGRESS", "1")
-    files = serve(http_server, "tldr")
-    out = tmp_path / "out"
-    partial = out / "tldr_3_filtered" / "valid.jsonl.part"
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(files["tldr_3_filtered/valid.jsonl"][:100])
-    http_server.fail_after["/summarize-from-feedback/datasets/tldr_3_filtered/test.jsonl"] = 50
-    monkeypatch.setenv(data.BASE_URL_ENV, http_server.url)
-    assert data.main(["download", "tldr", "--out", str(out)]) == 0
-    for rel, blob in files.items():
-        assert (out / rel).read_bytes() == blob
-    assert not partial.exists()
-    ranges = {path.rsplit("/", 1)[1]: rng for path, rng, _ in http_server.requests if rng}
-    assert ranges == {"valid.jsonl": "bytes=100-", "test.jsonl": "bytes=50-"}
-    assert capsys.readouterr().out.split() == [str(out / rel) for rel in files]
-    n_requests = len(http_server.requests)
-    assert data.main(["download", "tldr", "--out", str(out)]) == 0  # complete files are kept
-    assert len(http_server.requests) == n_requests
-
-
-def test_download_cli_checks_imdb_size_and_offline(http_server, tmp_path, capsys):
-    serve(http_server, "imdb")  # a small file where the 84 MB archive should be
-    assert data.main(["download", "imdb", "--out", str(tmp_path), "--base-url", http_server.url]) == 1
-    assert "expected 84125825" in capsys.readouterr().err
-    assert not (tmp_path / "aclImdb_v1.tar.gz").exists()
-    import socket
-    with socket.socket() as s:  # a port nobody listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    assert data.main(["download", "hh", "--out", str(tmp_path), "--base-url", dead]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {dead}/anthropics/hh-rlhf/master/helpful-base/train.jsonl.gz: cannot connect")
-    assert err.count("\n") == 1
-
-
-def test_download_lists_are_the_published_ones():
-    assert len(data.DOWNLOADS["tldr-comparisons"]) == 23 and "batch21.json" not in data.TLDR_COMPARISON_FILES
-    assert data.DOWNLOADS["imdb"] == [("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-                                       "aclImdb_v1.tar.gz", 84_125_825)]
-    assert len(data.DOWNLOADS["hh"]) == 8

@@ -1,5 +1,7 @@
-"""dpo/logprobs.py: values against the reference code's definition and a naive loop, gradients of both paths,
-the memory promise of the chunked path, and the per-token helpers (unlikelihood, LD-DPO, WPO)."""
+"""dpo/logprobs.py: the chunked path (hidden states + output projection) against the reference code's
+definition written out here with plain autograd (F.linear, log_softmax, gather) and a naive loop: values,
+gradients, bf16 and autocast, the memory promise, empty rows and bad labels; `model_token_logps` on a GPT;
+and the per-token helpers (unlikelihood, LD-DPO, WPO)."""
 import math
 
 import pytest
@@ -7,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dpo.logprobs import (chunked_sequence_logps, chunked_token_logps, ld_sequence_logps, response_mask,
-                          sequence_logps, sequence_unlikelihood, split_chosen_rejected, token_logps, wpo_weights)
+from dpo.logprobs import (chunked_token_logps, model_token_logps, response_mask, response_rows, sequence_logps,
+                          sequence_unlikelihood, wpo_weights)
+from dpo.model import GPT, GPTConfig
 
 
 def reference_code_batch_logps(logits, labels, average_log_prob=False):
@@ -21,6 +24,29 @@ def reference_code_batch_logps(logits, labels, average_log_prob=False):
     if average_log_prob:
         return (per_token_logps * loss_mask).sum(-1) / loss_mask.sum(-1)
     return (per_token_logps * loss_mask).sum(-1)
+
+
+def plain_token_logps(hidden, weight, bias, labels):
+    """The plain path: the full logits [B, T, V] (F.linear in the inputs' dtype, as lm_head would run, then
+    fp32 as the reference trainer's `.logits.to(torch.float32)`), log_softmax and gather, plain autograd.
+    Returns [B, T−1], 0 where labels[:, 1:] is −100."""
+    logits = F.linear(hidden, weight, bias).float()
+    targets = labels[:, 1:].clamp(min=0)
+    per_token = logits[:, :-1].log_softmax(-1).gather(2, targets.unsqueeze(2)).squeeze(2)
+    return per_token.masked_fill(labels[:, 1:] == -100, 0)
+
+
+def plain_sequence_logps(hidden, weight, bias, labels):
+    """reference_code_batch_logps on the plain path's fp32 logits: (logps [B], n_tokens [B])."""
+    logits = F.linear(hidden, weight, bias).float()
+    return reference_code_batch_logps(logits, labels), (labels[:, 1:] != -100).sum(-1)
+
+
+def chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=1024):
+    """What the trainer computes: chunked per-token log-probs summed over the response."""
+    token_logps, log_sum_sq = chunked_token_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
+    assert log_sum_sq is None  # only with with_log_sum_sq
+    return sequence_logps(token_logps, response_mask(labels))
 
 
 def make_batch(B=4, T=9, V=13, C=6, seed=0, dtype=torch.float32):
@@ -41,11 +67,11 @@ def make_batch(B=4, T=9, V=13, C=6, seed=0, dtype=torch.float32):
 def test_sum_and_mean_equal_reference_code_definition():
     hidden, weight, bias, labels = make_batch()
     logits = F.linear(hidden, weight, bias)
-    logps, n = sequence_logps(logits, labels)
+    logps, n = chunked_sequence_logps(hidden, weight, bias, labels)
     torch.testing.assert_close(logps, reference_code_batch_logps(logits, labels), rtol=0, atol=1e-5)
-    mean_logps, _ = sequence_logps(logits, labels, average=True)
-    torch.testing.assert_close(mean_logps, reference_code_batch_logps(logits, labels, True), rtol=0, atol=1e-5)
-    assert n.tolist() == (labels[:, 1:] != -100).sum(-1).tolist()
+    # the mean (the reference code's average_log_prob) is the sum over n response tokens
+    torch.testing.assert_close(logps / n, reference_code_batch_logps(logits, labels, True), rtol=0, atol=1e-5)
+    assert n.tolist() == (labels[:, 1:] != -100).sum(-1).tolist() == [7, 4, 7, 2]
 
 
 def test_shift_and_masking_against_naive_loop():
@@ -66,24 +92,21 @@ def test_shift_and_masking_against_naive_loop():
             count += 1
         expected.append(total)
         counts.append(count)
-    for fn in (lambda: sequence_logps(logits.float(), labels, chunk_size=3),
-               lambda: chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=3)):
+    for fn in (lambda: chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=3),
+               lambda: plain_sequence_logps(hidden, weight, bias, labels)):  # the reference used below
         logps, n = fn()
         assert logps.dtype == torch.float32
         assert n.tolist() == counts
         assert max(abs(a - e) for a, e in zip(logps.tolist(), expected)) < 1e-5
 
 
-def test_plain_gradient_equals_log_softmax_autograd():
-    hidden, weight, bias, labels = make_batch(seed=2)
-    logits = F.linear(hidden, weight, bias).detach().requires_grad_()
-    coef = torch.tensor([0.3, -1.2, 2.0, 0.7])
-    (sequence_logps(logits, labels, chunk_size=4)[0] * coef).sum().backward()
-    ours = logits.grad.clone()
-    logits.grad = None
-    (reference_code_batch_logps(logits, labels) * coef).sum().backward()
-    torch.testing.assert_close(ours, logits.grad, rtol=0, atol=1e-6)
-    assert ours[:, -1].abs().max() == 0  # the last position predicts nothing
+def test_response_rows_pair_each_position_with_the_next_label():
+    _, _, _, labels = make_batch(seed=9)
+    rows, targets = response_rows(labels)
+    B, T = labels.shape
+    expected = [(b * T + t, int(labels[b, t + 1])) for b in range(B) for t in range(T - 1) if labels[b, t + 1] != -100]
+    assert list(zip(rows.tolist(), targets.tolist())) == expected
+    assert len(expected) == int(response_mask(labels).sum())
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
@@ -99,7 +122,7 @@ def test_chunked_equals_plain_values_and_grads(use_bias, chunk_size):
         if chunked:
             logps, n = chunked_sequence_logps(h, w, b, labels, chunk_size=chunk_size)
         else:
-            logps, n = sequence_logps(F.linear(h, w, b), labels)
+            logps, n = plain_sequence_logps(h, w, b, labels)
         (logps * coef).sum().backward()
         results.append((logps.detach(), n, h.grad, w.grad, None if b is None else b.grad))
     (lp0, n0, *g0), (lp1, n1, *g1) = results
@@ -108,10 +131,11 @@ def test_chunked_equals_plain_values_and_grads(use_bias, chunk_size):
     for a, e in zip(g1, g0):
         if e is not None:
             torch.testing.assert_close(a, e, rtol=0, atol=1e-5)
-    # prompt and padding rows of hidden get exactly zero gradient
+    # prompt and padding rows of hidden get exactly zero gradient (the last position predicts nothing)
     rows_scored = torch.zeros_like(labels, dtype=torch.bool)
     rows_scored[:, :-1] = labels[:, 1:] != -100
-    assert g1[0][~rows_scored].abs().max() == 0
+    assert g1[0][~rows_scored].abs().max() == 0 and g1[0][:, -1].abs().max() == 0
+    assert g1[0][rows_scored].abs().min() > 0
 
 
 def test_chunked_equals_plain_for_per_token_losses():
@@ -122,7 +146,8 @@ def test_chunked_equals_plain_for_per_token_losses():
     grads = []
     for chunked in (False, True):
         h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
-        tok = chunked_token_logps(h, w, b, labels, chunk_size=4) if chunked else token_logps(F.linear(h, w, b), labels)
+        tok = chunked_token_logps(h, w, b, labels, chunk_size=4)[0] if chunked else plain_token_logps(h, w, b, labels)
+        assert tok.shape == mask.shape and tok[~mask].abs().max() == 0
         (sequence_unlikelihood(tok, mask).sum() + (tok * token_weights).sum()).backward()
         grads.append((h.grad, w.grad, b.grad))
     for a, e in zip(*grads):
@@ -138,24 +163,29 @@ def test_chunked_bf16_matches_plain_bf16():
         if chunked:
             logps, _ = chunked_sequence_logps(h, w, b, labels, chunk_size=3)
         else:
-            logps, _ = sequence_logps(F.linear(h, w, b), labels)
+            logps, _ = plain_sequence_logps(h, w, b, labels)
         assert logps.dtype == torch.float32
         logps.sum().backward()
         assert h.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
         grads.append((logps.detach(), h.grad.float(), w.grad.float(), b.grad.float()))
     for a, e in zip(grads[1], grads[0]):
         torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-2)
-    # and both are close to the fp32 computation
-    exact, _ = sequence_logps(F.linear(hidden.float(), weight.float(), bias.float()), labels)
+    # the values are those of bf16 logits exactly as the plain path forms them, and close to fp32's
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-4)
+    exact, _ = plain_sequence_logps(hidden.float(), weight.float(), bias.float(), labels)
     torch.testing.assert_close(grads[1][0], exact, rtol=0, atol=0.5)
 
 
 def test_chunked_under_autocast_matches_plain():
     hidden, weight, bias, labels = make_batch(B=2, T=8, V=32, C=8, seed=5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        plain, _ = sequence_logps(F.linear(hidden, weight, bias), labels)
+        assert F.linear(hidden, weight, bias).dtype == torch.bfloat16  # the plain path's logits are bf16
+        plain, _ = plain_sequence_logps(hidden, weight, bias, labels)
         chunked, _ = chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=2)
+    assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-4)
+    fp32, _ = chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=2)
+    assert not torch.equal(chunked, fp32)  # the projection really ran in autocast's dtype
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -184,7 +214,7 @@ def test_chunked_path_never_builds_full_logits():
         logps.sum().backward()
     assert mode.largest <= chunk * V  # the biggest tensor is one chunk of logits (weight: V*C < chunk*V)
     with _LargestTensor() as mode:
-        logps, _ = sequence_logps(F.linear(hidden, weight, bias), labels)
+        logps, _ = plain_sequence_logps(hidden, weight, bias, labels)
         logps.sum().backward()
     assert mode.largest == B * T * V  # the plain path holds the full logits and their gradient
 
@@ -194,25 +224,74 @@ def test_rows_without_response_tokens():
     labels[1] = -100
     h = hidden.clone().requires_grad_()
     logps, n = chunked_sequence_logps(h, weight, bias, labels)
-    mean, _ = chunked_sequence_logps(h, weight, bias, labels, average=True)
+    mean = logps / n.clamp(min=1)
     assert n[1] == 0 and logps[1] == 0 and mean[1] == 0
+    expected, _ = plain_sequence_logps(hidden, weight, bias, labels)
+    torch.testing.assert_close(logps, expected, rtol=0, atol=1e-5)
     (logps.sum() + mean.sum()).backward()
-    assert torch.isfinite(h.grad).all() and h.grad[1].abs().max() == 0
+    assert torch.isfinite(h.grad).all() and h.grad[1].abs().max() == 0 and h.grad[0].abs().max() > 0
+    # no response token anywhere: zeros, and a backward that runs (zero gradient everywhere)
     labels[:] = -100
-    logps, n = sequence_logps(F.linear(hidden, weight, bias), labels)
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    logps, n = chunked_sequence_logps(h, w, bias, labels)
     assert logps.tolist() == [0.0, 0.0] and n.tolist() == [0, 0]
+    logps.sum().backward()
+    assert h.grad.abs().max() == 0 and w.grad.abs().max() == 0
 
 
-def test_log_sum_sq_probs_both_paths():
+def test_log_sum_sq_probs():
     hidden, weight, bias, labels = make_batch(seed=7)
     logits = F.linear(hidden, weight, bias)
     p = logits[:, :-1].double().softmax(-1)
     mask = response_mask(labels)
     expected = torch.log((p ** 2).sum(-1)) * mask
-    _, plain = token_logps(logits, labels, chunk_size=5, with_log_sum_sq=True)
-    _, chunked = chunked_token_logps(hidden, weight, bias, labels, chunk_size=5, with_log_sum_sq=True)
-    torch.testing.assert_close(plain.double(), expected, rtol=0, atol=1e-5)
+    token_logps, chunked = chunked_token_logps(hidden, weight, bias, labels, chunk_size=5, with_log_sum_sq=True)
     torch.testing.assert_close(chunked.double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(token_logps, plain_token_logps(hidden, weight, bias, labels), rtol=0, atol=1e-5)
+    assert chunked_token_logps(hidden, weight, bias, labels)[1] is None
+
+
+def tiny_gpt(**kw):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=29, n_layer=2, n_head=2, n_embd=16, max_seq_len=32, **kw)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():  # biases and norm gains random too
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", ["tied", "untied_with_bias"])
+def test_model_token_logps_equals_the_plain_path_on_a_gpt(head):
+    """One forward to the hidden states, then the chunked gather: the values and the parameter gradients
+    of log_softmax(model(ids, mask)) gathered at the labels, with right padding masked."""
+    kw = {} if head == "tied" else dict(tie_embeddings=False, lm_head_bias=True)
+    model = tiny_gpt(**kw)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 29, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[2, 5:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100  # a prompt
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    coef = torch.tensor([0.5, -1.0, 2.0])
+    token_logps, log_sum_sq = model_token_logps(model, batch, with_log_sum_sq=True)
+    (sequence_logps(token_logps, response_mask(labels))[0] * coef).sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(ids, mask).float()
+    expected = reference_code_batch_logps(logits, labels)
+    (expected * coef).sum().backward()
+    torch.testing.assert_close(sequence_logps(token_logps, response_mask(labels))[0], expected.detach(),
+                               rtol=0, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=0, atol=1e-5, msg=name)
+    p = logits[:, :-1].double().softmax(-1)
+    torch.testing.assert_close(log_sum_sq.double(), torch.log((p ** 2).sum(-1)) * response_mask(labels),
+                               rtol=0, atol=1e-5)
+    assert model_token_logps(model, batch)[1] is None
 
 
 def test_unlikelihood_term():
@@ -244,13 +323,16 @@ def test_ld_sequence_logps_against_loop():
                 k += 1
                 total += token_logps_[row, t].item() * (1.0 if k <= public[row] else alpha)
         expected.append(total)
-    logps, n = ld_sequence_logps(token_logps_, mask, alpha)
+    logps, n = sequence_logps(token_logps_, mask, alpha)
     assert n.tolist() == [3, 5, 4, 2]
     assert max(abs(a - e) for a, e in zip(logps.tolist(), expected)) < 1e-6
-    full, _ = ld_sequence_logps(token_logps_, mask, 1.0)
-    torch.testing.assert_close(full, (token_logps_ * mask).sum(-1))
+    plain, plain_n = sequence_logps(token_logps_, mask)
+    torch.testing.assert_close(plain, (token_logps_ * mask).sum(-1))
+    assert plain_n.tolist() == [3, 5, 4, 2]
+    full, _ = sequence_logps(token_logps_, mask, 1.0)
+    torch.testing.assert_close(full, plain)
     with pytest.raises(ValueError, match="ld_alpha"):
-        ld_sequence_logps(token_logps_, mask, 1.5)
+        sequence_logps(token_logps_, mask, 1.5)
 
 
 def test_wpo_weights():
@@ -263,16 +345,13 @@ def test_wpo_weights():
     torch.testing.assert_close(out, torch.tensor([w[0] * w[2], w[1] * w[3]]))
 
 
-def test_split_chosen_rejected():
-    c, r = split_chosen_rejected(torch.arange(6))
-    assert c.tolist() == [0, 1, 2] and r.tolist() == [3, 4, 5]
-    with pytest.raises(ValueError, match="even"):
-        split_chosen_rejected(torch.arange(5))
-
-
 def test_bad_labels_are_clear_errors():
     hidden, weight, bias, labels = make_batch()
     with pytest.raises(ValueError, match="outside"):
-        sequence_logps(F.linear(hidden, weight, bias), labels.clamp(min=0) + 100)
+        chunked_token_logps(hidden, weight, bias, labels.clamp(min=0) + 100)
+    with pytest.raises(ValueError, match="outside"):
+        chunked_token_logps(hidden, weight, bias, labels.masked_fill(labels == -100, -1))
     with pytest.raises(ValueError, match="does not match"):
-        sequence_logps(F.linear(hidden, weight, bias), labels[:, :-1])
+        chunked_token_logps(hidden, weight, bias, labels[:, :-1])
+    with pytest.raises(ValueError, match="does not match hidden size"):
+        chunked_token_logps(hidden, weight[:, :-1], bias, labels)

@@ -1,10 +1,12 @@
-"""dpo/model.py against Hugging Face transformers (an independent implementation of each family)."""
+"""dpo/model.py against Hugging Face transformers (an independent implementation of each family): logits
+with either padding side, KV-cached decoding, parameter count, init. Generation: tests/test_generation.py."""
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from dpo.model import GPT, GPTConfig, KVCache, sample_token  # noqa: E402
+from dpo.interop.hf_checkpoint import load_pretrained  # noqa: E402
+from dpo.model import GPT, GPTConfig, KVCache  # noqa: E402
 from helpers import randomize_  # noqa: E402
 
 V = 128
@@ -50,7 +52,7 @@ def pair(request, tmp_path_factory):
     hf = randomize_(transformers.AutoModelForCausalLM.from_config(hf_config(request.param)))
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)  # model.safetensors + config.json
-    return request.param, hf, GPT.from_pretrained(path).eval()
+    return request.param, hf, load_pretrained(path).eval()
 
 
 def batch(left: bool, seed=1):
@@ -80,20 +82,6 @@ def test_logits_match_transformers(pair, left):
     # no mask, no padding: plain causal path
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
-
-
-def test_greedy_generation_matches_transformers(pair):
-    _, hf, ours = pair
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(3, V, (2, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0  # prompts of 9 and 4 tokens, left-padded
-    ids = ids.masked_fill(mask == 0, PAD)
-    expected = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
-                           eos_token_id=EOS, pad_token_id=PAD)
-    got = ours.generate(ids, mask, max_new_tokens=20, temperature=0, eos_id=EOS, pad_id=PAD)
-    assert got.tolist() == expected.tolist()
-    assert got.shape[1] > 9
 
 
 def test_kv_cache_decoding_equals_full_recompute(pair):
@@ -128,64 +116,6 @@ def small_model(**kw):
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=V, n_layer=2, n_head=4, n_embd=32, max_seq_len=64, tie_embeddings=False, **kw)
     return randomize_(GPT(cfg))
-
-
-def test_eos_stops_each_row_and_fills_pad():
-    model = small_model()
-    ids = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(5))
-    free = model.generate(ids, max_new_tokens=12, temperature=0, eos_id=[])
-    new0, new1 = free[0, 6:].tolist(), free[1, 6:].tolist()
-    # an EOS that row 0 emits at some step k > 0 and row 1 never emits
-    k, eos = next((k, t) for k, t in enumerate(new0) if k > 0 and t not in new0[:k] and t not in new1)
-    out = model.generate(ids, max_new_tokens=12, temperature=0, eos_id=eos, pad_id=PAD)
-    assert out.shape == free.shape  # row 1 never ends: all 12 steps run
-    assert out[0, 6:].tolist() == new0[:k + 1] + [PAD] * (11 - k)
-    assert out[1].tolist() == free[1].tolist()
-    # every row ends at its first token: the loop stops after one step
-    first = model.generate(ids, max_new_tokens=12, temperature=0, eos_id=free[:, 6].tolist())
-    assert first.tolist() == free[:, :7].tolist()
-
-
-def test_sampling_respects_top_k_and_top_p():
-    g = torch.Generator().manual_seed(6)
-    logits = torch.randn(4, 50, generator=g) * 2
-    many = logits.repeat_interleave(500, dim=0)  # 500 draws per row
-    drawn = sample_token(many, temperature=1.0, top_k=5, generator=g).view(4, 500)
-    top5 = logits.topk(5).indices
-    assert all(set(drawn[r].tolist()) <= set(top5[r].tolist()) for r in range(4))
-    assert all(len(set(drawn[r].tolist())) > 1 for r in range(4))  # it samples, it is not argmax
-    drawn = sample_token(many, temperature=0.7, top_p=0.6, generator=g).view(4, 500)
-    probs, order = (logits / 0.7).softmax(-1).sort(descending=True)
-    for r in range(4):
-        n_keep = int((probs[r].cumsum(0) < 0.6).sum()) + 1  # smallest prefix reaching 0.6
-        assert set(drawn[r].tolist()) <= set(order[r, :n_keep].tolist())
-    assert torch.equal(sample_token(logits, top_k=1, generator=g), logits.argmax(-1))
-    assert torch.equal(sample_token(logits, temperature=0), logits.argmax(-1))
-
-
-def test_sampling_follows_softmax():
-    g = torch.Generator().manual_seed(7)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    drawn = sample_token(logits.expand(20000, 4), temperature=1.0, generator=g)
-    freq = torch.bincount(drawn, minlength=4) / 20000
-    torch.testing.assert_close(freq, logits.softmax(-1)[0], atol=0.015, rtol=0)
-
-
-def test_generate_sampling_is_reproducible_with_a_generator():
-    model = small_model(position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu")
-    ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(8))
-    a = model.generate(ids, max_new_tokens=8, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(1))
-    b = model.generate(ids, max_new_tokens=8, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and a.shape == (2, 13)
-
-
-def test_generate_restores_training_mode_and_checks_length():
-    model = small_model(dropout=0.1).train()
-    ids = torch.randint(3, V, (1, 4))
-    model.generate(ids, max_new_tokens=3)
-    assert model.training
-    with pytest.raises(ValueError, match="max_seq_len"):
-        model.generate(ids, max_new_tokens=61)
 
 
 def test_param_count_matches_transformers_and_flops():

@@ -105,6 +105,26 @@ def test_collation_has_no_eos_and_keeps_the_response():
     assert rm.pair_ids([1, 2], [3, 4, 5, 6], 3) == [3, 4, 5]
 
 
+def test_collation_pads_with_the_tokenizers_pad_token_when_it_has_one():
+    """The pad rule everywhere (tokenizer.pad_id_or_eos): the pad token, else EOS. Only the mask matters."""
+    from dpo.tokenizer import bytes_to_unicode
+    b2u = bytes_to_unicode()
+    tok = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS, "<pad>": EOS + 1},
+                             eos_token="<|endoftext|>", pad_token="<pad>")
+    assert tok.pad_id_or_eos() == EOS + 1 and byte_tokenizer().pad_id_or_eos() == EOS
+    batch = rm.collate_classification([{"text": "great film", "label": 1}, {"text": "meh", "label": 0}], tok, 5)
+    assert batch["input_ids"].tolist() == [tok.encode("great"), tok.encode("meh") + [EOS + 1] * 2]
+    assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    pairs = rm.collate_reward_pairs([{"prompt": "ab", "chosen": "XYZ", "rejected": "W"}], tok, max_length=8)
+    assert pairs["input_ids"].tolist() == [tok.encode("abXYZ"), tok.encode("abW") + [EOS + 1] * 2]
+    assert pairs["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    # a batch scores each sequence as if it were alone, whatever sits in the padding
+    model = random_model()
+    alone = torch.cat([model(torch.tensor([tok.encode(t)])) for t in ("abXYZ", "abW")])
+    ids = pairs["input_ids"].masked_fill(pairs["attention_mask"] == 0, 3)  # any in-vocabulary id
+    assert torch.allclose(model(ids, pairs["attention_mask"]), alone, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_save_load_round_trip(family, tmp_path):
     model = random_model(family, n_outputs=1)

@@ -28,7 +28,6 @@ The samples-file reader (read_samples: JSON lines through dpo.data.read_jsonl, e
 sample_index) lives here too: sample.py and Best-of-N use it.
 """
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -56,37 +55,12 @@ def read_samples(path, truncate_partial: bool = False) -> list[dict]:
     line), each with prompt_id and sample_index; a missing file has none. A last line without its newline
     is a write cut by a kill, or one still in progress (another rank's part file): it is left out, and cut
     off the file only with `truncate_partial` (a file this process appends to)."""
-    path = Path(path)
-    if truncate_partial:
-        lines = data.read_jsonl(path, resumable=True)
-    elif not path.is_file():
-        return []
-    else:
-        lines = complete_lines(path)
     rows = []
-    for lineno, row in lines:
+    for lineno, row in data.read_jsonl(path, resumable=True, truncate=truncate_partial):
         if "prompt_id" not in row or "sample_index" not in row:
             raise SamplesFileError(f"{path}:{lineno}: not a samples row (needs prompt_id and sample_index)")
         rows.append(row)
     return rows
-
-
-def complete_lines(path):
-    """dpo.data.read_jsonl over the lines that end in a newline now, leaving the file as it is: the first
-    n lines of a file that is only ever appended to stay as they are while a writer adds more. (A .gz
-    file is read whole: nothing appends to one.)"""
-    if Path(path).suffix == ".gz":
-        yield from data.read_jsonl(path)
-        return
-    with open(path, "rb") as f:
-        n = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-    with contextlib.closing(data.read_jsonl(path)) as lines:
-        for lineno, row in lines:
-            if lineno > n:
-                return
-            yield lineno, row
-            if lineno == n:  # stop before the next line, which may be half written
-                return
 
 
 def write_tables(prefix, kind: str, args: dict, rows: list[dict], details: list[dict], detail_name: str) -> list[Path]:

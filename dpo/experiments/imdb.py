@@ -65,7 +65,8 @@ RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward
 @dataclass
 class ImdbExperiment:
     out_dir: str = "runs/imdb"          # every file of the experiment goes under here
-    imdb_path: str = "data/aclImdb"     # aclImdb folder or aclImdb_v1.tar.gz (python -m dpo.data download imdb --out data)
+    imdb_path: str = "data/aclImdb"     # aclImdb folder or aclImdb_v1.tar.gz
+                                        # (python -m dpo.interop.datasets download imdb --out data)
     seed: int = 0                       # prefix choice and lengths, samples
     device: str = "auto"                # label and evaluate stages: auto | cpu | cuda
     launcher: str = ""                  # prefix of train.py / sample.py runs ("" = this Python), e.g. torchrun ...
@@ -180,7 +181,8 @@ def stage_prepare(x: ImdbExperiment) -> None:
 # sft, classifier
 
 def stage_sft(x: ImdbExperiment) -> None:
-    data_path = require(sft_data_path(x), "prepare" if x.window_words > 0 else "download (python -m dpo.data download imdb)")
+    data_path = require(sft_data_path(x), "prepare" if x.window_words > 0
+                        else "download (python -m dpo.interop.datasets download imdb)")
     run_train(x.sft_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['sft']}",
                              *expand(x, x.sft_overrides)], run_dir=paths(x)["sft"], launcher=x.launcher)
 

@@ -1,13 +1,13 @@
 """Win rate against human references across sampling temperatures: TL;DR summarization (the DPO paper's
 Figure 2, right) and Anthropic HH single-turn dialogue (Figure 3), one driver for both (`task: tldr | hh`).
 
-    python -m dpo.experiments.tldr --config configs/tldr/mini.yaml data_path=../shared/data/tldr-mini  # all
+    python -m dpo.experiments.tldr --config configs/tldr/mini.yaml data_path=PATH/tldr-mini  # all stages
     python -m dpo.experiments.tldr --config configs/tldr/pipeline.yaml --stage generate,judge,plot
     python -m dpo.experiments.tldr --config configs/hh/pipeline.yaml --stage judge
 
 Stages (each reads the files of the ones before it, resumes where it stopped, skips what is done):
 
-    download       the published data sets named in `downloads` into download_dir (dpo.data)
+    download       the published data sets named in `downloads` into download_dir (dpo.interop.datasets)
     prepare        (miniature) with max_post_words > 0, a copy of the TL;DR folder with every post cut to
                    its first max_post_words words (out_dir/data/tldr: short prompts); with sft_text, the
                    prompts + summaries as plain text for SFT (out_dir/data/sft_text)
@@ -208,8 +208,9 @@ def stage_download(x: WinRateExperiment) -> None:
     if not x.downloads:
         print("download: nothing to download (downloads is empty)")
         return
+    from dpo.interop.datasets import download_dataset
     for name in x.downloads:
-        for path in data.download_dataset(name, x.download_dir):
+        for path in download_dataset(name, x.download_dir):
             print(path)
 
 

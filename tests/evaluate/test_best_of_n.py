@@ -11,7 +11,8 @@ from dpo.interop.hf_checkpoint import save_pretrained
 from dpo.model import GPT, GPTConfig
 from dpo.reward_model import RewardModel
 from dpo.evaluate.rewards import load_scorer
-from dpo.tokenizer import Tokenizer, bytes_to_unicode
+from dpo.interop.bpe import bytes_to_unicode
+from dpo.tokenizer import Tokenizer
 
 EOS = 256
 
