@@ -1,13 +1,16 @@
 """Figures of the codebase's shape: code lines per file, the DPO step's files, long functions, import
 cycles, and citations of documents outside the repository.
 
-    python benchmarks/code_size.py
+    python benchmarks/code_size.py            # static figures
+    python benchmarks/code_size.py --trace    # also: the files and functions one DPO step runs through
 
 A code line is a non-blank line that is not only a comment and not part of a docstring. "The step path"
 is the files one DPO step runs through: train.py, the model, log-probs, losses, batching and data.
 """
 import ast
+import contextlib
 import io
+import os
 import re
 import sys
 import tokenize
@@ -16,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STEP_PATH = ["train.py", "dpo/model.py", "dpo/logprobs.py", "dpo/losses.py", "dpo/batching.py", "dpo/data.py"]
 RUNTIME_EXCLUDE = ("dpo/experiments/",)
+COMPREHENSIONS = ("<listcomp>", "<genexpr>", "<dictcomp>", "<setcomp>")  # not functions a reader opens
 SKIP_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
                tokenize.ENCODING, tokenize.ENDMARKER}
 
@@ -111,6 +115,41 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def trace_one_step(out_dir: str) -> list[tuple[str, str]]:
+    """(file, function) of every project function called during the second optimizer step of a tiny DPO run
+    (a new 2-layer GPT on the built-in quickstart pairs, one micro-batch per step): from fetching the step's
+    micro-batches to the optimizer's update, both included."""
+    sys.path.insert(0, str(ROOT))
+    import train
+    from dpo.config import load_config
+    config = load_config(None, [f"train.out_dir={out_dir}", "data.format=quickstart_preference",
+                                "data.max_length=48", "data.max_prompt_length=16", "data.eval_examples=8",
+                                "model.tokenizer_vocab_size=300", "model.n_layer=2", "model.n_embd=32",
+                                "model.max_seq_len=64", "train.batch_size=8", "train.micro_batch_size=8",
+                                "train.max_examples=24", "train.device=cpu", "wandb.mode=disabled"])
+    seen, state = [], {"nexts": 0, "on": False}
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        path = frame.f_code.co_filename
+        if frame.f_code.co_name == "__next__" and path.endswith("batching.py"):
+            state["nexts"] += 1
+            state["on"] = state["nexts"] == 2
+        elif state["on"] and "torch/optim" in path and frame.f_code.co_name == "step":
+            state["on"] = False  # the update itself is torch's
+            seen.append(("torch/optim", "step"))
+        name = frame.f_code.co_qualname
+        if state["on"] and path.startswith(str(ROOT)) and ".venv" not in path and not name.endswith(COMPREHENSIONS):
+            seen.append((str(Path(path).relative_to(ROOT)), name))
+    sys.setprofile(profile)
+    try:
+        train.train(config)
+    finally:
+        sys.setprofile(None)
+    return sorted(set(seen) - {("torch/optim", "step")})
+
+
 def main() -> int:
     files = sorted([ROOT / "train.py", ROOT / "sample.py", *(ROOT / "dpo").rglob("*.py")])
     modules = {module_name(p): p for p in files}
@@ -141,6 +180,18 @@ def main() -> int:
     citations = [f"{rel}:{i}" for rel in sizes for i, line in enumerate((ROOT / rel).read_text().splitlines(), 1)
                  if re.search(r"\bSPEC\b|SPEC\.md|\.\./shared", line)]
     print("citations of documents outside the repository: " + (", ".join(citations) if citations else "none"))
+    if "--trace" in sys.argv:
+        import tempfile
+        os.environ.setdefault("DPO_NO_PROGRESS", "1")
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            called = trace_one_step(tmp)
+        by_file = {}
+        for rel, fn in called:
+            by_file.setdefault(rel, []).append(fn)
+        print(f"one DPO step, from its micro-batches to optimizer.step(): {len(by_file)} files, "
+              f"{len(called)} functions")
+        for rel, fns in sorted(by_file.items()):
+            print(f"  {rel} ({len(fns)}): {', '.join(fns)}")
     return 1 if step > 1600 or long or found or citations else 0
 
 

@@ -151,7 +151,8 @@ def test_encode_example_and_truncate():
     assert ids == {"prompt": [97, 98, 99, 100], "chosen": [120, 121, EOS], "rejected": [122, EOS]}
     assert batching.encode_example({"prompt": "", "completion": "q"}, TOK) == {"prompt": [], "completion": [113, EOS]}
     responses = [ids["chosen"], ids["rejected"]]
-    assert batching.truncate(ids["prompt"], responses, max_length=7, max_prompt_length=2) == (ids["prompt"], responses, None)
+    assert batching.truncate(ids["prompt"], responses, max_length=7, max_prompt_length=2) == \
+        (ids["prompt"], responses, None)
     for side, prompt in (("keep_start", [97, 98]), ("keep_end", [99, 100])):
         assert batching.truncate(ids["prompt"], responses, max_length=6, max_prompt_length=2,
                                  prompt_truncation_side=side) == (prompt, responses, None)
@@ -192,7 +193,8 @@ def test_load_tokenized_limit_is_a_seeded_subset_in_file_order(tmp_path):
                                                   max_prompt_length=16, limit=10, seed=1)
     lines = [int(ex["source"].rsplit(":", 1)[1]) for ex in kept]
     assert kind == "preference" and len(kept) == 10 and lines == sorted(lines) and lines != list(range(1, 11))
-    assert lines == [i + 1 for i in data.seeded_subset(50, 10, seed=1)] and [ex["index"] for ex in kept] == list(range(10))
+    assert lines == [i + 1 for i in data.seeded_subset(50, 10, seed=1)]
+    assert [ex["index"] for ex in kept] == list(range(10))
     again = batching.load_tokenized("preference_jsonl", path, "train", TOK, max_length=32, max_prompt_length=16,
                                     limit=10, seed=1)[1]
     assert [ex["source"] for ex in again] == [ex["source"] for ex in kept]

@@ -91,7 +91,8 @@ def test_resumable_jsonl_drops_a_cut_last_line_and_truncates_it_off(tmp_path, ca
     assert list(data.read_jsonl(path, counts, resumable=True)) == [(1, {"a": 1}), (3, {"a": 2})]
     assert counts == {"blank lines (ignored)": 1}
     err = capsys.readouterr().err
-    assert err == f"{path}: dropping an incomplete last line (12 bytes, cut by an interrupted write); it will be redone\n"
+    assert err == (f"{path}: dropping an incomplete last line (12 bytes, cut by an interrupted write); "
+                   f"it will be redone\n")
     assert path.read_bytes() == complete  # cut off: the next append starts on a clean line
     with open(path, "a") as f:
         f.write(json.dumps({"a": 3}) + "\n")

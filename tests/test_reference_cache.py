@@ -45,7 +45,7 @@ def make_examples(n=7, seed=0):
     return kept
 
 
-def live_logps(model, example, ld_alpha=None):
+def live_logps(model, example, ld_alpha=1.0):
     """The live reference's numbers for one pair, in a batch of its own (no padding): (chosen, rejected)."""
     batch = collate([example])
     with torch.no_grad():
@@ -77,6 +77,8 @@ def test_ld_alpha_is_applied_per_pair():
     model = tiny_reference()
     table = reference_cache.compute(model, examples, collate, 2, CPU, ld_alpha=0.5)
     plain = reference_cache.compute(model, examples, collate, 2, CPU)
+    one = reference_cache.compute(model, examples, collate, 2, CPU, ld_alpha=1.0)  # alpha = 1: plain DPO
+    assert torch.equal(one.chosen_logps, plain.chosen_logps) and torch.equal(one.rejected_logps, plain.rejected_logps)
     for i, example in enumerate(examples):
         chosen, rejected = live_logps(model, example, ld_alpha=0.5)
         assert table.chosen_logps[i].item() == pytest.approx(chosen, abs=1e-5)
@@ -167,7 +169,8 @@ def test_cache_path_follows_dpo_cache_dir(monkeypatch, tmp_path):
     assert cache_path(key) == tmp_path / "c" / "reference_logps" / f"reference_logps-{key[:32]}.pt"
     monkeypatch.delenv("DPO_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache_path(key) == tmp_path / "home" / ".cache" / "dpo" / "reference_logps" / f"reference_logps-{key[:32]}.pt"
+    default = tmp_path / "home" / ".cache" / "dpo" / "reference_logps"
+    assert cache_path(key) == default / f"reference_logps-{key[:32]}.pt"
 
 
 def test_save_then_load_hits_and_a_miss_is_none(reference_dir, monkeypatch, tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from dpo import reward_model as rm
 from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer
-from helpers import byte_tokenizer
+from helpers import ByteTokenizer, byte_tokenizer
 
 EOS = 256
 
@@ -107,11 +107,13 @@ def test_collation_has_no_eos_and_keeps_the_response():
 
 def test_collation_pads_with_the_tokenizers_pad_token_when_it_has_one():
     """The pad rule everywhere (tokenizer.pad_id_or_eos): the pad token, else EOS. Only the mask matters."""
-    from dpo.tokenizer import bytes_to_unicode
-    b2u = bytes_to_unicode()
-    tok = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": EOS, "<pad>": EOS + 1},
-                             eos_token="<|endoftext|>", pad_token="<pad>")
-    assert tok.pad_id_or_eos() == EOS + 1 and byte_tokenizer().pad_id_or_eos() == EOS
+    class PaddedByteTokenizer(ByteTokenizer):
+        pad_id = EOS + 1
+
+        def pad_id_or_eos(self):
+            return self.pad_id
+
+    tok = PaddedByteTokenizer()
     batch = rm.collate_classification([{"text": "great film", "label": 1}, {"text": "meh", "label": 0}], tok, 5)
     assert batch["input_ids"].tolist() == [tok.encode("great"), tok.encode("meh") + [EOS + 1] * 2]
     assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
