@@ -264,11 +264,12 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
 
 
 def parallel_mode(config: Config, ctx: distributed.Dist) -> str:
-    """none | ddp | fsdp: train.parallel, with auto = ddp on several ranks; one process is always none."""
+    """none | ddp | fsdp: train.parallel, with auto = ddp on several ranks; ddp and fsdp on one process are
+    none (the same arithmetic, nothing to parallelise)."""
     mode = config.train.parallel
     if mode == "auto":
         mode = "ddp" if ctx.world_size > 1 else "none"
-    return "none" if ctx.world_size == 1 else mode
+    return "none" if mode in ("ddp", "fsdp") and ctx.world_size == 1 else mode
 
 
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
