@@ -3,10 +3,10 @@
     python benchmarks/bench_logprobs.py                       # CPU: small sizes
     python benchmarks/bench_logprobs.py --device cuda --T 256 512 1024 2048 --dtype bfloat16
 
-Three ways to get d(Σ response log-probs)/d(hidden, lm_head weight, bias) from final hidden states [B, T, C]:
+Two ways to get d(Σ response log-probs)/d(hidden, lm_head weight, bias) from final hidden states [B, T, C]:
     naive    the reference code: logits = lm_head(hidden); log_softmax(logits.float()); gather
-    plain    dpo.logprobs.sequence_logps(lm_head(hidden), labels): no log_softmax copy, fp32 per chunk of rows
-    chunked  dpo.logprobs.chunked_sequence_logps(hidden, weight, bias, labels): logits never exist whole
+    chunked  dpo.logprobs.chunked_token_logps(hidden, weight, bias, labels) then sequence_logps: logits
+             are formed chunk by chunk of response rows and never exist whole
 
 Every position after the first is a response token (the worst case for `chunked`, which skips prompt rows).
 
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dpo.logprobs import chunked_sequence_logps, sequence_logps  # noqa: E402
+from dpo.logprobs import chunked_token_logps, response_mask, sequence_logps  # noqa: E402
 
-PATHS = ("naive", "plain", "chunked")
+PATHS = ("naive", "chunked")
 
 
 def naive_logps(hidden, weight, bias, labels):
@@ -52,10 +52,9 @@ def naive_logps(hidden, weight, bias, labels):
 def step(path, hidden, weight, bias, labels, chunk_size):
     if path == "naive":
         logps = naive_logps(hidden, weight, bias, labels)
-    elif path == "plain":
-        logps, _ = sequence_logps(F.linear(hidden, weight, bias), labels, chunk_size=chunk_size)
     else:
-        logps, _ = chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
+        token_logps, _ = chunked_token_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
+        logps, _ = sequence_logps(token_logps, response_mask(labels))
     logps.sum().backward()
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from dpo.config import Config  # noqa: E402
 from dpo.model import GPT, GPTConfig  # noqa: E402
+from dpo.run_log import PEAK_FLOPS  # noqa: E402
 
 SHAPES = {  # GPT-2 family shapes (vocab 50257, learned positions)
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
@@ -99,7 +100,7 @@ def main():
     if device.type == "cuda":
         peak_gb = torch.cuda.max_memory_allocated() / 2**30
         name = torch.cuda.get_device_name()
-        peak_flops = next((v for k, v in train.PEAK_FLOPS.items() if k in name), None)
+        peak_flops = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         name, peak_flops = "cpu", None
