@@ -23,11 +23,11 @@ the collate function (STEPS, `collate_fn`):
 A reference model is loaded only for preference losses that read it (dpo.losses.uses_reference).
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, load_config, save_config
+from dpo.files import atomic_dir
 from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
 from dpo.interop.hub import resolve_model_dir
@@ -476,17 +477,13 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
 
 
 def save_final(policy, out_dir: Path, ctx, tokenizer) -> Path:
-    """out_dir/final/: the policy in Hugging Face layout, written aside and renamed (a kill keeps the old one)."""
-    final_dir, final_tmp = out_dir / "final", out_dir / "final.tmp"
-    if ctx.is_main:
-        shutil.rmtree(final_tmp, ignore_errors=True)
+    """out_dir/final/: the policy in Hugging Face layout, written aside and renamed (a kill keeps the old one).
+    Every rank calls it (gathering FSDP shards is collective); rank 0 writes."""
+    final = out_dir / "final"
+    with atomic_dir(final) if ctx.is_main else contextlib.nullcontext() as folder:
+        checkpoint.save_hf(policy, folder, ctx, tokenizer)
     distributed.barrier()
-    checkpoint.save_hf(policy, final_tmp, ctx, tokenizer)
-    if ctx.is_main:
-        shutil.rmtree(final_dir, ignore_errors=True)
-        os.replace(final_tmp, final_dir)
-    distributed.barrier()
-    return final_dir
+    return final
 
 
 def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, final_dir: Path) -> str:

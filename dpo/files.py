@@ -1,8 +1,9 @@
-"""Files written whole or not at all: a reader (or a run resumed after a kill) sees the old file or the new
-one, never half of one. Everything is written to a temporary name in the same folder, flushed to disk,
-then renamed over the target (a rename within a folder is atomic on POSIX)."""
+"""Files and folders written whole or not at all: a reader (or a run resumed after a kill) sees the old file
+or the new one, never half of one. Everything is written under a temporary name in the same folder, then
+renamed over the target (a rename within a folder is atomic on POSIX)."""
 import contextlib
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def atomic_write(path, data: str | bytes) -> None:
     """Write `data` (text as UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield an empty folder `path`.tmp; when the block ends without error, it becomes `path` (an old `path` is
+    removed just before the rename). A kill leaves the old folder, or none, and a `.tmp` the next call clears.
+    (Training checkpoints, written by every rank, follow the same rule in dpo/checkpoint.py.)"""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)

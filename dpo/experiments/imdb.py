@@ -50,7 +50,7 @@ from dpo.experiments.common import (
     ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, list_checkpoints, parse_stages, require,
     run_train, train_done, write_csv, write_jsonl,
 )
-from dpo.files import atomic_write
+from dpo.files import atomic_dir, atomic_write
 from dpo.generation import completion_text, generate, stop_ids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,22 +158,20 @@ def stage_prepare(x: ImdbExperiment) -> None:
     if out.is_dir():
         print(f"skip: {out} exists")
         return
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts = Counter()
-    for split, n in (("train", x.window_reviews), ("test", x.window_reviews // 2)):
-        reviews = data.read_imdb(x.imdb_path, split)
-        for review in (reviews[i] for i in data.seeded_subset(len(reviews), n, x.seed)):
-            windows = review_windows(review["text"], x.window_words)
-            if len(windows) >= 1000:
-                raise ExperimentError(f"{review['source']}: more than 999 windows of {x.window_words} words")
-            folder = tmp / split / review["polarity"]
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, window in enumerate(windows):
-                (folder / f"{review['id'] * 1000 + i}_{review['rating']}.txt").write_text(window)
-            counts[f"{split} reviews"] += 1
-            counts[f"{split} windows"] += len(windows)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for split, n in (("train", x.window_reviews), ("test", x.window_reviews // 2)):
+            reviews = data.read_imdb(x.imdb_path, split)
+            for review in (reviews[i] for i in data.seeded_subset(len(reviews), n, x.seed)):
+                windows = review_windows(review["text"], x.window_words)
+                if len(windows) >= 1000:
+                    raise ExperimentError(f"{review['source']}: more than 999 windows of {x.window_words} words")
+                folder = tmp / split / review["polarity"]
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, window in enumerate(windows):
+                    (folder / f"{review['id'] * 1000 + i}_{review['rating']}.txt").write_text(window)
+                counts[f"{split} reviews"] += 1
+                counts[f"{split} windows"] += len(windows)
     print(f"prepare: {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -48,7 +48,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ from dpo.experiments.common import (
     ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, parse_stages, require, run_train,
     train_done, write_csv, write_jsonl,
 )
-from dpo.files import atomic_write
+from dpo.files import atomic_dir, atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PY = REPO / "sample.py"
@@ -232,12 +231,11 @@ def stage_prepare(x: WinRateExperiment) -> None:
         if out.is_dir():
             print(f"skip: {out} exists")
             return
-        tmp = out.with_name(out.name + ".tmp")
-        for split in ("train", "valid"):
-            examples = data.read_tldr_sft(tldr_path(x), split)
-            write_jsonl(tmp / f"{split}.jsonl", [{"prompt": "", "completion": ex["prompt"] + ex["completion"],
-                                                 "id": ex["id"]} for ex in examples])
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            for split in ("train", "valid"):
+                examples = data.read_tldr_sft(tldr_path(x), split)
+                write_jsonl(tmp / f"{split}.jsonl", [{"prompt": "", "completion": ex["prompt"] + ex["completion"],
+                                                     "id": ex["id"]} for ex in examples])
         print(f"prepare: {out}: the prompts and summaries of {tldr_path(x)} as plain text (train, valid)")
 
 
@@ -246,21 +244,18 @@ def cut_posts(x: WinRateExperiment) -> None:
     if out.is_dir():
         print(f"skip: {out} exists")
         return
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts = Counter()
-    for split in data.TLDR_SFT_SPLITS:
-        source = Path(x.data_path) / f"{split}.jsonl"
-        rows = []
-        for lineno, obj in data.read_jsonl(source, counts):
-            post = data.get_field(obj, "post", f"{source}:{lineno}", nonempty=True)
-            cut = cut_words(post, x.max_post_words)
-            counts[f"{split} posts cut to {x.max_post_words} words"] += cut != post
-            rows.append({**obj, "post": cut})
-        counts[f"{split} posts"] = len(rows)
-        write_jsonl(tmp / f"{split}.jsonl", rows)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for split in data.TLDR_SFT_SPLITS:
+            source = Path(x.data_path) / f"{split}.jsonl"
+            rows = []
+            for lineno, obj in data.read_jsonl(source, counts):
+                post = data.get_field(obj, "post", f"{source}:{lineno}", nonempty=True)
+                cut = cut_words(post, x.max_post_words)
+                counts[f"{split} posts cut to {x.max_post_words} words"] += cut != post
+                rows.append({**obj, "post": cut})
+            counts[f"{split} posts"] = len(rows)
+            write_jsonl(tmp / f"{split}.jsonl", rows)
     print(f"prepare: {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
