@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dpo.data import read_jsonl
 from dpo.distributed import all_reduce_mean, unwrap
 from dpo.files import atomic_write
 
@@ -71,9 +72,9 @@ class RunLog:
         """On resume: drop records written after the checkpoint, so metrics.jsonl equals an uninterrupted run's."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["counters/examples"] <= examples]
-        atomic_write(self.path, "".join(line + "\n" for line in kept))
+        kept = [record for _, record in read_jsonl(self.path, resumable=True)
+                if record["counters/examples"] <= examples]  # (a line cut by the kill is dropped too)
+        atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def finish(self) -> None:
         if self.wandb is not None:
