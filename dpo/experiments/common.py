@@ -13,6 +13,7 @@ can run alone, a killed stage resumes, and a finished stage is skipped:
     results            one row per (run, step) in results.jsonl, rewritten as results.csv for the notebooks
 Whole files are written atomically (dpo.files.atomic_write).
 """
+import argparse
 import csv
 import io
 import json
@@ -21,9 +22,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from dpo import data
+from dpo.config import ConfigError, load_config
 from dpo.files import atomic_write
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
@@ -187,7 +190,48 @@ def parse_stages(text: str, stages: tuple) -> list[str]:
     return chosen
 
 
-def jupyter_execute() -> str | None:
-    """The jupyter-execute command beside this Python (the venv's), else on PATH; None when absent."""
-    beside = Path(sys.executable).with_name("jupyter-execute")
-    return str(beside) if beside.is_file() else shutil.which("jupyter-execute")
+def execute_notebook(notebook: Path, env_vars: dict, results: Path) -> None:
+    """The plot stage: run a notebook headless (jupyter-execute) with env_vars set; it reads the results
+    file and writes the figure (and a CSV beside it)."""
+    beside = Path(sys.executable).with_name("jupyter-execute")  # the venv's, else one on PATH
+    runner = str(beside) if beside.is_file() else shutil.which("jupyter-execute")
+    if runner is None:
+        raise ExperimentError("plot: jupyter-execute not found (pip install -r requirements-dev.txt installs "
+                              "nbclient, ipykernel and matplotlib); results are in " + str(results))
+    print("$ " + " ".join(f"{k}={v}" for k, v in env_vars.items()) + f" {runner} {notebook}", flush=True)
+    if subprocess.run([runner, str(notebook)], env={**os.environ, **env_vars}, cwd=notebook.parent).returncode:
+        raise ExperimentError(f"plot: executing {notebook} failed")
+
+
+def run_actions(x, actions: dict, stages: list[str]) -> None:
+    """Run the chosen stages of experiment x in order (actions: stage name -> function of x), timing each.
+    x.threads > 0 caps the threads of this process and of every train.py / sample.py it starts."""
+    if x.threads > 0:
+        import torch
+        os.environ["OMP_NUM_THREADS"] = str(x.threads)
+        torch.set_num_threads(x.threads)
+    for stage in stages:
+        start = time.perf_counter()
+        print(f"=== stage {stage}", flush=True)
+        actions[stage](x)
+        print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def driver_main(argv, *, module_doc: str, prog: str, cls, stages: tuple, run_stages, config_help: str,
+                runs_help: str) -> int:
+    """The command line every driver shares: --config, --stage, --runs and key=value overrides; one line on
+    stderr and exit status 1 for any error."""
+    parser = argparse.ArgumentParser(prog=prog, description=module_doc.split("\n\n")[0], epilog=module_doc.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(stages)}")
+    parser.add_argument("--runs", default="", help=runs_help)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
+    args = parser.parse_args(argv)
+    try:
+        x = load_config(args.config, args.overrides, cls=cls)
+        run_stages(x, parse_stages(args.stage, stages), [r for r in args.runs.split(",") if r] or None)
+    except (ExperimentError, ConfigError, data.DataError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -27,7 +27,6 @@ Frontier point = (mean KL, mean reward) of one checkpoint; the paper plots every
 train.py and sample.py run as subprocesses, under `launcher` (e.g. "torchrun --nproc_per_node=8") when set;
 label and evaluate run in this process on `device`.
 """
-import argparse
 import json
 import os
 import re
@@ -43,11 +42,10 @@ from pathlib import Path
 import torch
 
 from dpo import data
-from dpo.config import ConfigError, load_config, save_config
-from dpo.data import DataError
+from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, list_checkpoints, parse_stages, require,
+    ExperimentError, append_jsonl, driver_main, execute_notebook, run_actions, expand_sweep, hold_out, list_checkpoints, require,
     run_train, train_done, write_csv, write_jsonl,
 )
 from dpo.files import atomic_dir, atomic_write
@@ -498,14 +496,8 @@ def format_table(rows: list[dict]) -> str:
 def stage_plot(x: ImdbExperiment) -> None:
     """Execute the notebook headless on results.csv; it writes `figure` and the CSV beside it."""
     results = require(paths(x)["results_csv"], "evaluate")
-    runner = jupyter_execute()
-    if runner is None:
-        raise ExperimentError("plot: jupyter-execute not found (pip install -r requirements-dev.txt installs "
-                              "nbclient, ipykernel and matplotlib); results are in " + str(results))
-    env = {**os.environ, "IMDB_RESULTS": str(Path(results).resolve()), "IMDB_FIGURE": str(Path(x.figure).resolve())}
-    print(f"$ IMDB_RESULTS={env['IMDB_RESULTS']} IMDB_FIGURE={env['IMDB_FIGURE']} {runner} {NOTEBOOK}", flush=True)
-    if subprocess.run([runner, str(NOTEBOOK)], env=env, cwd=NOTEBOOK.parent).returncode != 0:
-        raise ExperimentError(f"plot: executing {NOTEBOOK} failed")
+    execute_notebook(NOTEBOOK, {"IMDB_RESULTS": str(Path(results).resolve()),
+                                "IMDB_FIGURE": str(Path(x.figure).resolve())}, results)
     print(f"figure: {x.figure}")
 
 
@@ -515,34 +507,16 @@ def stage_plot(x: ImdbExperiment) -> None:
 def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
     sweep(x, only)  # a bad sweep or --runs fails now, not after hours of earlier stages
     save_config(x, Path(x.out_dir) / "experiment.yaml")
-    if x.threads > 0:  # this process and every train.py / sample.py it starts
-        os.environ["OMP_NUM_THREADS"] = str(x.threads)
-        torch.set_num_threads(x.threads)
     actions = {"prepare": stage_prepare, "sft": stage_sft, "classifier": stage_classifier, "sample": stage_sample,
                "label": stage_label, "train": lambda x: stage_train(x, only),
                "evaluate": lambda x: stage_evaluate(x, only), "plot": stage_plot}
-    for stage in stages:
-        start = time.perf_counter()
-        print(f"=== stage {stage}", flush=True)
-        actions[stage](x)
-        print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
+    run_actions(x, actions, stages)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo.experiments.imdb", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--config", required=True, help="experiment config (configs/imdb/*.yaml)")
-    parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(STAGES)}")
-    parser.add_argument("--runs", default="", help="train/evaluate only these runs of the sweep (comma-separated)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
-    args = parser.parse_args(argv)
-    try:
-        x = load_config(args.config, args.overrides, cls=ImdbExperiment)
-        run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
-    except (ExperimentError, ConfigError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return driver_main(argv, module_doc=__doc__, prog="python -m dpo.experiments.imdb", cls=ImdbExperiment,
+                       stages=STAGES, run_stages=run_stages, config_help="experiment config (configs/imdb/*.yaml)",
+                       runs_help="train/evaluate only these runs of the sweep (comma-separated)")
 
 
 if __name__ == "__main__":

@@ -43,24 +43,20 @@ The judges (`judges` entries {name, judge, against, task, url, model, workers}):
 train.py runs as a subprocess and sample.py in this process, both under `launcher` (e.g. "torchrun
 --nproc_per_node=8", then sample.py is a subprocess too) when set. The judges run in this process.
 """
-import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpo import data
-from dpo.config import ConfigError, load_config, save_config
-from dpo.data import DataError
+from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, expand_sweep, hold_out, jupyter_execute, parse_stages, require, run_train,
+    ExperimentError, append_jsonl, driver_main, execute_notebook, run_actions, expand_sweep, hold_out, require, run_train,
     train_done, write_csv, write_jsonl,
 )
 from dpo.files import atomic_dir, atomic_write
@@ -616,16 +612,8 @@ def format_table(rows: list[dict]) -> str:
 def stage_plot(x: WinRateExperiment) -> None:
     """Execute the notebook headless on results.csv; it writes `figure` and the CSV and table beside it."""
     results = require(paths(x)["results_csv"], "judge")
-    runner = jupyter_execute()
-    if runner is None:
-        raise ExperimentError("plot: jupyter-execute not found (pip install -r requirements-dev.txt installs "
-                              "nbclient, ipykernel and matplotlib); results are in " + str(results))
-    env = {**os.environ, "WINRATE_RESULTS": str(Path(results).resolve()),
-           "WINRATE_FIGURE": str(Path(x.figure).resolve()), "WINRATE_TASK": x.task}
-    print(f"$ WINRATE_RESULTS={env['WINRATE_RESULTS']} WINRATE_FIGURE={env['WINRATE_FIGURE']} "
-          f"WINRATE_TASK={x.task} {runner} {NOTEBOOK}", flush=True)
-    if subprocess.run([runner, str(NOTEBOOK)], env=env, cwd=NOTEBOOK.parent).returncode != 0:
-        raise ExperimentError(f"plot: executing {NOTEBOOK} failed")
+    execute_notebook(NOTEBOOK, {"WINRATE_RESULTS": str(Path(results).resolve()),
+                                "WINRATE_FIGURE": str(Path(x.figure).resolve()), "WINRATE_TASK": x.task}, results)
     print(f"figure: {x.figure}")
 
 
@@ -636,39 +624,18 @@ def run_stages(x: WinRateExperiment, stages: list[str], only=None) -> None:
     check_experiment(x)
     sweep(x, only)  # a bad --runs fails now, not after hours of earlier stages
     save_config(x, Path(x.out_dir) / "experiment.yaml")
-    if x.threads > 0:  # this process and every train.py / sample.py it starts
-        os.environ["OMP_NUM_THREADS"] = str(x.threads)
-        import torch
-        torch.set_num_threads(x.threads)
     actions = {"download": stage_download, "prepare": stage_prepare, "sft": stage_sft, "pairs": stage_pairs,
                "reward_models": stage_reward_models, "train": lambda x: stage_train(x, only),
                "generate": lambda x: stage_generate(x, only), "judge": lambda x: stage_judge(x, only),
                "plot": stage_plot}
-    for stage in stages:
-        start = time.perf_counter()
-        print(f"=== stage {stage}", flush=True)
-        actions[stage](x)
-        print(f"=== stage {stage} done in {time.perf_counter() - start:.0f}s", flush=True)
+    run_actions(x, actions, stages)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo.experiments.tldr", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--config", required=True,
-                        help="experiment config (configs/tldr/*.yaml, configs/hh/pipeline.yaml)")
-    parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(STAGES)}")
-    parser.add_argument("--runs", default="",
-                        help="train/generate/judge only these runs of `methods` (comma-separated)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
-    args = parser.parse_args(argv)
-    try:
-        x = load_config(args.config, args.overrides, cls=WinRateExperiment)
-        run_stages(x, parse_stages(args.stage, STAGES), [r for r in args.runs.split(",") if r] or None)
-    except (ExperimentError, ConfigError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return driver_main(argv, module_doc=__doc__, prog="python -m dpo.experiments.tldr", cls=WinRateExperiment,
+                       stages=STAGES, run_stages=run_stages,
+                       config_help="experiment config (configs/tldr/*.yaml, configs/hh/pipeline.yaml)",
+                       runs_help="train/generate/judge only these runs of `methods` (comma-separated)")
 
 
 if __name__ == "__main__":
