@@ -52,8 +52,9 @@ import torch
 
 from dpo import data
 from dpo.data import DataError
+from dpo.errors import UserError, entry_point
 from dpo.evaluate.tables import read_samples
-from dpo.files import atomic_write
+from dpo.files import atomic_write, check_writable
 from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hf_checkpoint import load_pretrained
 from dpo.interop.hub import resolve_model_dir
@@ -63,7 +64,7 @@ SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed") 
 DATASETS = ("imdb", "tldr", "hh", "quickstart")
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """Bad arguments or an output file that cannot be resumed; the message says which and why."""
 
 
@@ -342,15 +343,29 @@ def check_args(args):
     need(args.best_of is None or args.best_of >= 1, f"--best-of must be >= 1, got {args.best_of}")
     need(args.best_of is None or args.num_samples == 1,
          "--best-of N samples N per prompt itself; leave --num-samples at 1")
+    if args.reward is not None:
+        from dpo.evaluate.rewards import check_spec
+        check_spec(args.reward)  # a bad --reward fails now, not after the sampling
 
 
+def output_paths(args) -> tuple[Path, Path]:
+    """(OUT, the file the samples go to: OUT itself, or OUT.candidates.jsonl with --best-of), both checked
+    writable before any work (dpo.files.check_writable)."""
+    out = check_writable(args.out, "--out")
+    if not args.best_of:
+        return out, out
+    return out, check_writable(out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl"), "--out")
+
+
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    check_args(args)
+    out, samples_out = output_paths(args)
+    device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     started_group = False
     try:
-        check_args(args)
-        device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
         if world_size > 1:
             import torch.distributed as dist
             dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
@@ -367,14 +382,12 @@ def main(argv=None) -> int:
             counts[f"prompts empty or longer than {room} tokens (max_seq_len - max_new_tokens)"] += \
                 len(prompts) - len(kept)
             prompts = kept
-        if rank == 0:
-            left_out = "; left out: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else ""
-            print(f"{args.prompts}: {len(prompts)} prompts{left_out}", file=sys.stderr)
+        left_out = "; left out: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else ""
         if not prompts:
-            raise SampleError(f"{args.prompts}: no prompts left to sample")
-        out = Path(args.out)
+            raise SampleError(f"{args.prompts}: no prompts left to sample{left_out}")
+        if rank == 0:
+            print(f"{args.prompts}: {len(prompts)} prompts{left_out}", file=sys.stderr)
         n = args.best_of or args.num_samples
-        samples_out = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl") if args.best_of else out
         settings = {"model": args.model, "temperature": args.temperature, "top_k": args.top_k,
                     "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
         result = run_sampling(model, tokenizer, prompts, samples_out, n=n, batch_size=args.batch_size,
@@ -392,9 +405,6 @@ def main(argv=None) -> int:
                 scorer = rewards.load_scorer(args.reward, device=device)
                 kept = best_of_n.select_file(samples_out, out, scorer, n=args.best_of)
                 print(f"{out}: best of {args.best_of} by {args.reward} for {kept} prompts", file=sys.stderr)
-    except (SampleError, DataError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     finally:
         if started_group:
             import torch.distributed as dist

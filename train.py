@@ -36,10 +36,11 @@ import torch
 import torch.nn as nn
 
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
-from dpo.config import Config, ConfigError, load_config, save_config
+from dpo.config import Config, ConfigError, load_config, save_config, validate
+from dpo.errors import PeerFailed, UserError, entry_point
 from dpo.files import atomic_dir
 from dpo.generation import completion_text, generate, stop_ids
-from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
+from dpo.interop.hf_checkpoint import CheckpointError, config_from_hf, load_pretrained
 from dpo.interop.hub import resolve_model_dir
 from dpo.logprobs import model_token_logps, response_mask, sequence_logps, sequence_unlikelihood, wpo_weights
 from dpo.model import GPT, GPTConfig
@@ -47,6 +48,12 @@ from dpo.run_log import RunLog, throughput_metrics
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
+# A resumed run must continue the run its checkpoint belongs to: these settings must match (train.resume_changed).
+RESUME_KEYS = ("model", "reference", "data", "loss", "train.seed", "train.batch_size", "train.optimizer")
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradient norm is NaN or infinite: the run stops before the update."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,14 +320,18 @@ def train(config: Config) -> dict:
     """Run one training job; returns the final evaluation metrics."""
     ctx = distributed.setup(config.train.device)
     t, out_dir = config.train, Path(config.train.out_dir)
+    with distributed.fail_together():  # every check before any work; all problems at once
+        validate(config)
+        check_paths(config, out_dir)
+        resume_from = resume_point(config, out_dir)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
     distributed.barrier()
     torch.manual_seed(t.seed)
 
     tokenizer = load_tokenizer(config, ctx, out_dir)
-    kind, train_examples, eval_examples = load_data(config, tokenizer, ctx)
+    with distributed.fail_together():
+        kind, train_examples, eval_examples = load_data(config, tokenizer, ctx)
     step_fn, collate = STEPS[kind], collate_fn(kind, tokenizer, config, ctx.device)
     schedule = batching.BatchSchedule(len(train_examples), t.batch_size, t.micro_batch_size,
                                       world_size=ctx.world_size, rank=ctx.rank, seed=t.seed, epochs=t.epochs,
@@ -328,9 +339,13 @@ def train(config: Config) -> dict:
     if ctx.is_main:
         print(schedule.describe(), flush=True)
 
-    resume_from = checkpoint.latest_checkpoint(out_dir) if t.resume else None
     mode = parallel_mode(config, ctx)
-    policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=mode == "fsdp" and not ctx.is_main)
+    with distributed.fail_together():
+        policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=mode == "fsdp" and not ctx.is_main)
+        context = getattr(policy, "backbone", policy).config.max_seq_len
+        if config.data.max_length > context:
+            raise ConfigError(f"data.max_length: expected <= {context}, the context of model {config.model.name}, "
+                              f"got {config.data.max_length}")
     train_reference = eval_reference = None
     if kind == "preference" and losses.uses_reference(config.loss.name):
         train_reference, eval_reference = build_reference(config, policy, tokenizer, ctx, mode, resume_from,
@@ -339,9 +354,10 @@ def train(config: Config) -> dict:
                               activation_checkpointing=t.activation_checkpointing, cpu_offload=t.cpu_offload)
     optimizer = make_optimizer(policy, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, schedule.n_steps))
-    step, examples_seen = restore(resume_from, policy, optimizer, scheduler, schedule, ctx)
+    state = restore(resume_from, policy, optimizer, scheduler, schedule, ctx)
+    step, examples_seen, saved_step = state["step"], state["examples"], state["step"]
     log = RunLog(out_dir, dataclasses.asdict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
-    log.truncate_after(examples_seen)
+    log.truncate(state.get("log_lines"))  # back to what was logged when the checkpoint was saved
     sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]] \
         if kind in ("preference", "sft") else []  # reward models do not generate
     sample_reference = train_reference if isinstance(train_reference, nn.Module) else None
@@ -352,7 +368,8 @@ def train(config: Config) -> dict:
 
     def checkpoint_now():
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
-                         "scheduler": scheduler.state_dict()}
+                         "scheduler": scheduler.state_dict(), "log_lines": log.line_counts(),
+                         "config": dataclasses.asdict(config)}
         checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
 
     from tqdm import tqdm
@@ -375,7 +392,7 @@ def train(config: Config) -> dict:
         grad_norm = clip_grad_norm(policy, t.max_grad_norm)
         metrics = distributed.all_reduce_mean(sums, torch.tensor(float(per_rank_batch), device=ctx.device))
         if not (math.isfinite(metrics["loss/train"]) and math.isfinite(grad_norm)):
-            raise FloatingPointError(
+            raise NonFiniteLoss(
                 f"non-finite loss ({metrics['loss/train']}) or gradient norm ({grad_norm}) at step {step + 1}; "
                 f"stopping without an update. The last good checkpoint is in {out_dir / 'checkpoints'}")
         optimizer.step()
@@ -399,9 +416,10 @@ def train(config: Config) -> dict:
         progress.update(1)
     progress.close()
 
+    if step != saved_step or resume_from is None:  # (a resumed finished run has this checkpoint already)
+        checkpoint_now()  # before the final evaluation and samples: a resume after a kill redoes them once
     final_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
     log.log(final_metrics, examples_seen)
-    checkpoint_now()
     final_dir = save_final(policy, out_dir, ctx, tokenizer)
     rewards = sample_now() if t.sample_reward and sample_prompts else {}
     if ctx.is_main:
@@ -410,17 +428,78 @@ def train(config: Config) -> dict:
     return final_metrics
 
 
-def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> tuple[int, int]:
-    """(step, examples seen): (0, 0) for a new run; on resume the optimizer, RNG, data position and schedule
-    come back from the checkpoint (its weights were loaded when the policy was built)."""
+def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> dict:
+    """The trainer state: {"step": 0, "examples": 0} for a new run; on resume the optimizer, RNG, data position
+    and schedule come back from the checkpoint (its weights were loaded when the policy was built)."""
     if resume_from is None:
-        return 0, 0
+        return {"step": 0, "examples": 0}
     state = checkpoint.load_training_state(resume_from, policy, optimizer, ctx)
     schedule.load_state_dict(state["data"])
     scheduler.load_state_dict(state["scheduler"])
     if ctx.is_main:
         print(f"resumed from {resume_from} at step {state['step']} ({state['examples']} examples)", flush=True)
-    return state["step"], state["examples"]
+    return state
+
+
+def check_paths(config: Config, out_dir: Path) -> None:
+    """The folders a run reads and writes, checked before any work (all problems at once): out_dir is a
+    writable folder; model.name, reference and model.tokenizer exist (or model.name / reference are hub
+    names, fetched now); data.path exists."""
+    problems = []
+    parent = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if out_dir.exists() and not out_dir.is_dir():
+        problems.append(f"train.out_dir: {out_dir} is a file, expected a folder")
+    elif not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"train.out_dir: cannot write in {parent}")
+    for key, name in (("model.name", config.model.name), ("reference", config.reference)):
+        try:
+            if name:
+                resolve_model_dir(name)
+        except FileNotFoundError as e:
+            problems.append(f"{key}: {e}")
+    for key, path in (("model.tokenizer", config.model.tokenizer), ("data.path", config.data.path),
+                      ("data.eval_path", config.data.eval_path)):
+        if path and not Path(path).exists():
+            problems.append(f"{key}: {path}: no such file or folder")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def resume_point(config: Config, out_dir: Path):
+    """The checkpoint to continue from, or None for a new run (train.resume=false). Resuming needs a complete
+    checkpoint in out_dir, made with the same model, data and loss settings (RESUME_KEYS) unless
+    train.resume_changed says to go on anyway."""
+    if not config.train.resume:
+        return None
+    path = checkpoint.latest_checkpoint(out_dir)
+    if path is None:
+        raise ConfigError(f"train.resume: {out_dir / 'checkpoints'} holds no complete checkpoint to resume; "
+                          f"set train.resume=false to start a new run")
+    try:
+        saved = json.loads((path / "trainer_state.json").read_text()).get("config", {})
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
+    changed = [f"train.resume: {key} was {before!r} in {path}, is {after!r} now"
+               for key, before, after in changed_settings(saved, dataclasses.asdict(config))] if saved else []
+    if changed and not config.train.resume_changed:
+        raise ConfigError("\n".join(changed + ["train.resume: set train.resume_changed=true to resume anyway, "
+                                                "or use another train.out_dir"]))
+    return path
+
+
+def changed_settings(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in the checkpoint's config, value now) for every RESUME_KEYS setting that differs."""
+    out = []
+    for key in RESUME_KEYS:
+        before, after = saved, now
+        for part in key.split("."):
+            before, after = before.get(part), after.get(part)
+        if isinstance(after, dict):
+            before = before if isinstance(before, dict) else {}
+            out += [(f"{key}.{k}", before.get(k), v) for k, v in after.items() if before.get(k) != v]
+        elif before != after:
+            out.append((key, before, after))
+    return out
 
 
 @torch.no_grad()
@@ -511,6 +590,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML config file (see configs/)")
@@ -523,9 +603,10 @@ def main(argv=None) -> int:
             if not config.next_config:
                 break
             config = load_config(config.next_config)
-    except (ConfigError, data.DataError, FloatingPointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except torch.distributed.DistBackendError as e:
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # another rank stopped; it printed why
+            raise PeerFailed(str(e)) from None
+        raise
     finally:
         distributed.teardown()
     return 0

@@ -7,15 +7,20 @@
         rng-rank{r}.pt                                    # every rank's RNG states
     out_dir/checkpoints/latest                            # text: the name of the newest complete checkpoint
 
-A checkpoint is written into `step-N.tmp/` and renamed only when every file is in place, and `latest` is
-replaced atomically after that, so a kill during a save leaves the previous checkpoint as the newest good
-one. Multi-node runs need out_dir on a filesystem every node sees (the optimizer shards are written by
-each rank).
+A checkpoint is written into `step-N.tmp/`; its trainer_state.json is written last, so a folder holding one
+is complete. Then it is renamed to `step-N` and `latest` is replaced atomically. A complete checkpoint is
+never deleted before its replacement is complete: saving a step a second time (a resumed finished run)
+renames the old `step-N` aside to `step-N.old`, renames the new one in, and only then deletes the old one;
+a folder being deleted loses its trainer_state.json first. So a kill at any moment leaves a complete
+checkpoint on disk, and `latest_checkpoint` finds it even when `latest` names nothing (see there).
+Multi-node runs need out_dir on a filesystem every node sees (the optimizer shards are written by each rank).
 """
 import json
 import os
 import random
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +32,13 @@ from torch.distributed.checkpoint.state_dict import (
 
 from dpo.distributed import Dist, barrier, unwrap
 from dpo.files import atomic_write
-from dpo.interop.hf_checkpoint import save_pretrained
+from dpo.interop.hf_checkpoint import CheckpointError, save_pretrained
 from dpo.reward_model import RewardModel, save_reward_model
+
+TRAINER_STATE = "trainer_state.json"  # written last: a checkpoint folder holding it is complete
+NAME = re.compile(r"step-(\d+)(\.tmp|\.old)?")
+# Among complete folders of one step: the renamed one, else the newer copy (.tmp), else the older one (.old).
+PREFERENCE = {None: 2, ".tmp": 1, ".old": 0}
 
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
@@ -53,9 +63,9 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
     """Collective: every rank calls it. Returns the checkpoint folder."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
-    tmp = root / f"step-{step:06d}.tmp"
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_checkpoint(tmp)
         tmp.mkdir(parents=True)
     barrier()
     save_hf(model, tmp, ctx, tokenizer)
@@ -63,35 +73,98 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
     torch.save(rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
     barrier()
     if ctx.is_main:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        if final.exists():  # a re-run of the same step: replace it, the old one stays until now
-            shutil.rmtree(final)
+        atomic_write(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=1))  # tmp is complete from here on
+        if final.exists():  # a re-save of this step: the old copy steps aside until the new one is in place
+            remove_checkpoint(old)
+            os.replace(final, old)
         os.replace(tmp, final)
         atomic_write(root / "latest", final.name)
+        remove_checkpoint(old)
     barrier()
     return final
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder (if there is one); its trainer_state.json goes first, so a kill part-way
+    leaves a folder that no longer counts as complete."""
+    if path.is_dir():
+        (path / TRAINER_STATE).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / TRAINER_STATE).is_file()
+
+
 def latest_checkpoint(out_dir) -> Path | None:
-    pointer = Path(out_dir) / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise RuntimeError(f"{pointer}: points to {path}, which is not a complete checkpoint")
+    """The checkpoint to resume from, or None when out_dir holds no complete one (the caller decides).
+
+    Normally the folder `checkpoints/latest` names. When a kill left `latest` missing, or naming a folder that is
+    gone or incomplete, it is the newest complete checkpoint on disk (`step-N`, or a complete `step-N.tmp` /
+    `step-N.old` that a kill left mid-rename), and a line on stderr says which. Raises CheckpointError when that
+    checkpoint's trainer_state.json cannot be read."""
+    root = Path(out_dir) / "checkpoints"
+    pointer = root / "latest"
+    name, problem = _read_pointer(pointer)
+    if name is not None and is_complete(root / name):
+        path = root / name
+    else:
+        path = newest_complete(root)
+        if problem is None and name is not None:
+            problem = f"names {name}, which is not a complete checkpoint"
+        if problem is not None and os.environ.get("RANK", "0") == "0":
+            found = f"using {path}, the newest complete checkpoint" if path else "no complete checkpoint is on disk"
+            print(f"{pointer}: {problem}; {found}", file=sys.stderr, flush=True)
+        if path is None:
+            return None
+    read_trainer_state(path)
     return path
+
+
+def _read_pointer(pointer: Path) -> tuple[str | None, str | None]:
+    """(the checkpoint name in `latest` or None, what is wrong with `latest` or None). No `latest` at all and
+    no checkpoints folder is a new run, not a problem."""
+    if not pointer.is_file():
+        return None, ("is missing" if pointer.parent.is_dir() and any(pointer.parent.iterdir()) else None)
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read ({e})"
+    if not NAME.fullmatch(name):
+        return None, f"holds {name[:80]!r}, not a checkpoint name like step-000120"
+    return name, None
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The complete checkpoint folder under `root` with the highest step (see PREFERENCE for ties), or None."""
+    found = [(int(m[1]), PREFERENCE[m[2]], p) for p in (root.iterdir() if root.is_dir() else ())
+             if (m := NAME.fullmatch(p.name)) and is_complete(p)]
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def read_trainer_state(path: Path) -> dict:
+    """The trainer state saved in checkpoint `path`; CheckpointError naming the file when it cannot be read."""
+    file = path / TRAINER_STATE
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: cannot read this checkpoint's trainer state ({e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a JSON object (the trainer state), found {type(state).__name__}")
+    return state
 
 
 def load_training_state(path: Path, model, optimizer, ctx: Dist) -> dict:
     """Restore optimizer and RNG states from `path` (the weights were loaded when the model was built)
     and return the trainer state (step, examples, data position, scheduler)."""
+    trainer_state = read_trainer_state(path)
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=str(path / "optimizer"))
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     rng_file = path / f"rng-rank{ctx.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())
+    return trainer_state
 
 
 def rng_state() -> dict:

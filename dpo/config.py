@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from dpo.errors import UserError
 from dpo.files import atomic_write
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -82,7 +83,8 @@ class TrainConfig:
     sample_temperature: float = 1.0
     sample_reward: str = ""         # score samples with a reward: "" | quickstart (the built-in ground truth)
     log_every: int = 1              # in optimizer steps
-    resume: bool = False
+    resume: bool = False            # continue from out_dir's latest checkpoint (one must exist)
+    resume_changed: bool = False    # resume even if model / data / loss settings differ from the checkpoint's
     parallel: str = "auto"          # auto | none | ddp | fsdp (auto: ddp when world_size > 1)
     mixed_precision: str = "none"   # none | bf16 (autocast / FSDP2 MixedPrecisionPolicy)
     activation_checkpointing: bool = False
@@ -129,6 +131,9 @@ def _check_type(value, expected, key: str, origin: str):
         base = expected
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
+    if expected is str and isinstance(value, bool):
+        raise ConfigError(f"{origin}: key '{key}' expects a string, got the YAML boolean {value} (YAML reads "
+                          f"on/off/yes/no unquoted as booleans): quote it, e.g. {key.rsplit('.', 1)[-1]}: \"off\"")
     raise ConfigError(f"{origin}: key '{key}' expects {getattr(expected, '__name__', expected)}, "
                       f"got {type(value).__name__} {value!r}")
 
@@ -156,6 +161,92 @@ def _set_dotted(values: dict, dotted: str, value):
     values[last] = value
 
 
+CHOICES = {  # key -> the values it may take (validate)
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.truncation": ("reference", "keep_response"),
+    "data.prompt_truncation_side": ("", "keep_start", "keep_end"),
+    "train.optimizer": ("rmsprop", "adamw", "sgd"),
+    "train.schedule": ("constant", "linear", "cosine"),
+    "train.parallel": ("auto", "none", "ddp", "fsdp"),
+    "train.mixed_precision": ("none", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.sample_reward": ("", "quickstart"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def validate(config: Config) -> None:
+    """Check every key's value before any work; raise one ConfigError listing every problem, one per line.
+
+    Choices (CHOICES, data.format, loss.name and its options), numeric ranges, CUDA when train.device asks
+    for it, and a new model's shape. Paths and the lengths a pretrained model allows are checked when they
+    are opened (train.py)."""
+    from dpo.data import FORMATS
+    from dpo.losses import check_options, parse_loss_names
+    c, problems = config, []
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(c, section), name)
+        if value not in allowed:
+            problems.append(f"{key}: expected one of {' | '.join(a or repr(a) for a in allowed)}, got {value!r}")
+    if c.data.format not in FORMATS:
+        problems.append(f"data.format: expected one of {' | '.join(FORMATS)}, got {c.data.format!r}")
+    if c.train.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            problems.append("train.device: cuda asked for, but no CUDA device is available (use auto or cpu)")
+    t, d, m, loss = c.train, c.data, c.model, c.loss
+    ranges = [
+        ("loss.beta", loss.beta > 0, "> 0", loss.beta), ("loss.label_smoothing", 0 <= loss.label_smoothing < 1,
+                                                         "in [0, 1)", loss.label_smoothing),
+        ("loss.rpo_alpha", loss.rpo_alpha >= 0, ">= 0", loss.rpo_alpha),
+        ("loss.ld_alpha", 0 <= loss.ld_alpha <= 1, "in [0, 1]", loss.ld_alpha),
+        ("train.lr", t.lr > 0, "> 0", t.lr), ("train.weight_decay", t.weight_decay >= 0, ">= 0", t.weight_decay),
+        ("train.warmup_steps", t.warmup_steps >= 0, ">= 0", t.warmup_steps),
+        ("train.max_grad_norm", t.max_grad_norm >= 0, ">= 0 (0 = no clipping)", t.max_grad_norm),
+        ("train.batch_size", t.batch_size > 0, "> 0", t.batch_size),
+        ("train.micro_batch_size", 0 < t.micro_batch_size <= t.batch_size and t.batch_size % t.micro_batch_size == 0,
+         f"a divisor of train.batch_size ({t.batch_size})", t.micro_batch_size),
+        ("train.epochs", t.epochs >= 1 or t.max_examples > 0, ">= 1 (or train.max_examples > 0)", t.epochs),
+        ("train.max_examples", t.max_examples >= 0, ">= 0", t.max_examples),
+        ("train.log_every", t.log_every >= 1, ">= 1", t.log_every),
+        ("train.eval_every", t.eval_every >= 0, ">= 0", t.eval_every),
+        ("train.save_every", t.save_every >= 0, ">= 0", t.save_every),
+        ("train.sample_every", t.sample_every >= 0, ">= 0", t.sample_every),
+        ("train.sample_prompts", t.sample_prompts >= 0, ">= 0", t.sample_prompts),
+        ("train.sample_max_new_tokens", t.sample_max_new_tokens >= 1, ">= 1", t.sample_max_new_tokens),
+        ("train.sample_temperature", t.sample_temperature >= 0, ">= 0 (0 = greedy)", t.sample_temperature),
+        ("data.max_length", d.max_length >= 2, ">= 2", d.max_length),
+        ("data.eval_examples", d.eval_examples >= 0, ">= 0 (0 = all)", d.eval_examples),
+        ("data.pad_to_multiple_of", d.pad_to_multiple_of >= 0, ">= 0", d.pad_to_multiple_of),
+        ("model.dropout", 0 <= m.dropout < 1, "in [0, 1)", m.dropout),
+        ("model.tokenizer_vocab_size", m.tokenizer_vocab_size >= 0, ">= 0", m.tokenizer_vocab_size),
+    ]
+    if not m.name:  # a new model: its shape
+        ranges += [("model.n_layer", m.n_layer >= 1, ">= 1", m.n_layer), ("model.n_head", m.n_head >= 1, ">= 1", m.n_head),
+                   ("model.n_embd", m.n_embd >= 1 and m.n_embd % max(m.n_head, 1) == 0,
+                    f"a positive multiple of model.n_head ({m.n_head})", m.n_embd),
+                   ("data.max_length", d.max_length <= m.max_seq_len,
+                    f"<= model.max_seq_len ({m.max_seq_len})", d.max_length)]
+    if loss.name not in ("classifier", "reward_model"):  # reward models read max_length only
+        ranges.append(("data.max_prompt_length", 0 < d.max_prompt_length < d.max_length,
+                       f"in (0, data.max_length = {d.max_length})", d.max_prompt_length))
+        try:
+            names = parse_loss_names(loss.name)
+            options = dict(loss.options, beta=loss.beta)
+            if loss.label_smoothing:
+                options["label_smoothing"] = loss.label_smoothing
+            if "unlikelihood" in names:
+                options["policy_rejected_unlikelihood"] = None
+            if not set(names) <= {"sft", "sft_mean"}:
+                check_options(names, options, wpo=loss.wpo)
+        except ValueError as e:
+            problems.append(f"loss.name / loss.options: {e}")
+    problems += [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def load_config(path: str | None = None, overrides: list[str] = (), cls=Config):
     """Defaults <- YAML file <- `key=value` overrides (values parsed as YAML: 1e-6, true, [a, b]).
 
@@ -175,8 +266,11 @@ def load_config(path: str | None = None, overrides: list[str] = (), cls=Config):
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw  # wandb.mode=off: the word, not YAML 1.1's boolean
         nested: dict = {}
-        _set_dotted(nested, key.lstrip("-"), yaml.safe_load(raw) if raw != "" else "")
+        _set_dotted(nested, key.lstrip("-"), value)
         _fill(config, nested, "", "command line")
     return config
 

@@ -39,9 +39,10 @@ from pathlib import Path
 import torch
 
 from dpo import quickstart
+from dpo.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and line (or archive member) and what was expected."""
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from dpo.errors import PeerFailed, UserError
+
 
 @dataclass
 class Dist:
@@ -71,6 +73,30 @@ def gather_objects(items: list) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, items)
     return [x for part in gathered for x in part]
+
+
+@contextlib.contextmanager
+def fail_together():
+    """Start-up work that may fail on some ranks only (it must hold no collective): afterwards every rank
+    knows whether any failed, and all stop. The lowest failing rank raises its own error, the one the user
+    sees; the others raise PeerFailed (quiet). Without a process group errors pass through as they are."""
+    error = None
+    try:
+        yield
+    except (UserError, OSError) as e:
+        if not dist.is_initialized():
+            raise
+        error = e
+    if not dist.is_initialized():
+        return
+    world, rank = dist.get_world_size(), dist.get_rank()
+    first = torch.tensor(rank if error is not None else world, device=_comm_device())
+    dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    if first.item() == world:
+        return
+    if error is not None and first.item() == rank:
+        raise error
+    raise PeerFailed(f"rank {first.item()} failed")
 
 
 def barrier():

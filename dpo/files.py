@@ -44,3 +44,24 @@ def atomic_dir(path):
     yield tmp
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def check_writable(path, what: str, *, folder: bool = False) -> Path:
+    """Check, before any work, that `path` can be written: a file (with folder=True, a folder) that is not a
+    folder (a file) already, under a nearest existing folder this process may write in (or, for an existing
+    folder, that folder itself). Creates nothing. Returns `path` as a Path; raises dpo.errors.UserError with
+    one line naming `what` (the option, e.g. "--out") and the path."""
+    from dpo.errors import UserError
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise UserError(f"{what} {path}: is a folder; expected a file path")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}: is a file; expected a folder")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: cannot write in folder {existing} (permission denied or read-only)")
+    return path

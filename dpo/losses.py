@@ -348,6 +348,27 @@ def uses_reference(loss_type) -> bool:
     return any(name not in REFERENCE_FREE for name in parse_loss_names(loss_type))
 
 
+def check_options(loss_type, options: dict, wpo: bool = False) -> None:
+    """Raise ValueError unless `options` fit the losses of loss_type: an option no loss in LOSSES takes, one
+    that none of the chosen losses takes (it would silently do nothing), an f-divergence with a loss that
+    reads the reference but has no f-divergence form, WPO weights with the batch-sorting AOT losses."""
+    names = parse_loss_names(loss_type)
+    if options.get("f_divergence", "reverse_kl") != "reverse_kl":
+        for name in names:
+            if "f_divergence" not in LOSSES[name][1] and name not in REFERENCE_FREE:
+                raise ValueError(f"loss {name!r} has no f-divergence form; use f_divergence=reverse_kl with it")
+    known = {key for _, keys in LOSSES.values() for key in keys}
+    used = {key for name in names for key in LOSSES[name][1]}
+    for key, value in options.items():
+        if key not in known:
+            raise ValueError(f"unknown loss option {key!r}; losses take: {', '.join(sorted(known))}")
+        if key not in used and key not in INPUTS:
+            raise ValueError(f"loss option {key}={value!r} has no effect on loss {'+'.join(names)}")
+    if wpo and {"aot", "aot_unpaired"} & set(names):
+        raise ValueError("WPO weights cannot be used with aot/aot_unpaired: they sort the batch, so rows are "
+                         "not pairs")
+
+
 def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
                     *, loss_type="sigmoid", loss_weights=None, rpo_alpha=0.0, wpo_weights=None, **options):
     """The training loss per pair, [B]: a weighted mix of LOSSES plus the options that apply to any loss.
@@ -362,28 +383,12 @@ def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen
     wpo_weights: [B] WPO pair weights (`dpo.logprobs.wpo_weights`), multiplying the whole per-pair loss,
         as TRL does.
     options: beta, chosen_lengths, rejected_lengths (given to whichever loss takes them) and the options
-        of the chosen losses (the second column of LOSSES). An option no loss in LOSSES takes is an error;
-        so is one that none of the chosen losses takes (it would silently do nothing), and an f-divergence
-        with a loss that reads the reference but has no f-divergence form."""
+        of the chosen losses (the second column of LOSSES), checked by `check_options`."""
     names = parse_loss_names(loss_type)
     weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
     if len(weights) != len(names):
         raise ValueError(f"loss_weights has {len(weights)} entries for {len(names)} losses ({'+'.join(names)})")
-    if options.get("f_divergence", "reverse_kl") != "reverse_kl":
-        for name in names:
-            if "f_divergence" not in LOSSES[name][1] and name not in REFERENCE_FREE:
-                raise ValueError(f"loss {name!r} has no f-divergence form; use f_divergence=reverse_kl with it")
-    known = {key for _, keys in LOSSES.values() for key in keys}
-    used = {key for name in names for key in LOSSES[name][1]}
-    for key, value in options.items():
-        if key not in known:
-            raise ValueError(f"unknown loss option {key!r}; losses take: {', '.join(sorted(known))}")
-        if key not in used and key not in INPUTS:
-            raise ValueError(f"loss option {key}={value!r} has no effect on loss {'+'.join(names)}")
-    if wpo_weights is not None and {"aot", "aot_unpaired"} & set(names):
-        raise ValueError("WPO weights cannot be used with aot/aot_unpaired: they sort the batch, so rows are "
-                         "not pairs")
-
+    check_options(names, options, wpo=wpo_weights is not None)
     total = 0.0
     for name, weight in zip(names, weights):
         fn, keys = LOSSES[name]

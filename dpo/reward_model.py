@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dpo.interop import hf_checkpoint, safetensors
 from dpo.batching import pad_rows
+from dpo.errors import UserError
 from dpo.files import atomic_write
+from dpo.interop import hf_checkpoint, safetensors
 from dpo.model import GPT
 
 CLASSIFIER, BRADLEY_TERRY = "classifier", "bradley_terry"
@@ -41,7 +42,7 @@ SEQUENCE_CLASSIFICATION = {"gpt2": "GPT2ForSequenceClassification", "gptj": "GPT
                            "qwen2": "Qwen2ForSequenceClassification"}
 
 
-class RewardModelError(ValueError):
+class RewardModelError(UserError, ValueError):
     pass
 
 

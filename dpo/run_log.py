@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from dpo.data import read_jsonl
 from dpo.distributed import all_reduce_mean, unwrap
 from dpo.files import atomic_write
 
@@ -68,13 +67,18 @@ class RunLog:
             self.wandb.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])},
                            step=examples)
 
-    def truncate_after(self, examples: int) -> None:
-        """On resume: drop records written after the checkpoint, so metrics.jsonl equals an uninterrupted run's."""
-        if not (self.enabled and self.path.exists()):
-            return
-        kept = [record for _, record in read_jsonl(self.path, resumable=True)
-                if record["counters/examples"] <= examples]  # (a line cut by the kill is dropped too)
-        atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+    def line_counts(self) -> dict:
+        """{file name: lines} of metrics.jsonl and samples.jsonl now (saved with each checkpoint)."""
+        files = [self.path, self.path.with_name("samples.jsonl")]
+        return {p.name: p.read_bytes().count(b"\n") if p.is_file() else 0 for p in files} if self.enabled else {}
+
+    def truncate(self, line_counts: dict | None) -> None:
+        """On resume: keep the first lines of each file that `line_counts` gives (what was logged when the
+        checkpoint was saved), so the files end up equal to an uninterrupted run's. None: leave them."""
+        for name, n in (line_counts or {}).items() if self.enabled else ():
+            path = self.path.with_name(name)
+            if path.is_file():
+                atomic_write(path, b"".join(path.read_bytes().splitlines(keepends=True)[:n]))
 
     def finish(self) -> None:
         if self.wandb is not None:

@@ -49,7 +49,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo.files import atomic_write
+from dpo.errors import entry_point
+from dpo.files import atomic_write, check_writable
 from dpo.interop.bpe import (PRE_TOKENIZERS, ByteLevelBPE, TokenizerError, UnsupportedTokenizer, parse_merges,
                              pre_tokenizer_for, read_json, read_merges, read_vocab)
 
@@ -472,6 +473,7 @@ def train_sentencepiece(input_files, model_prefix, vocab_size: int, model_type: 
     return Path(f"{prefix}.model")
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.tokenizer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -484,14 +486,12 @@ def main(argv=None) -> int:
     train.add_argument("--input-sentence-size", type=int, default=2_000_000)
     train.add_argument("--verbose", action="store_true", help="show SentencePiece's training log")
     args = parser.parse_args(argv)
-    try:
-        path = train_sentencepiece(args.input, args.out, args.vocab_size, args.model_type,
-                                   character_coverage=args.character_coverage,
-                                   input_sentence_size=args.input_sentence_size, verbose=args.verbose)
-        tok = Tokenizer.from_sentencepiece(path)
-    except TokenizerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    for path in (args.out, f"{args.out}.model", f"{args.out}.vocab"):
+        check_writable(path, "--out")
+    path = train_sentencepiece(args.input, args.out, args.vocab_size, args.model_type,
+                               character_coverage=args.character_coverage,
+                               input_sentence_size=args.input_sentence_size, verbose=args.verbose)
+    tok = Tokenizer.from_sentencepiece(path)
     print(f"wrote {path} (vocab {tok.vocab_size}, eos {tok.eos_id}, bos {tok.bos_id}, pad {tok.pad_id})")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dpo import data, losses
-from dpo.config import Config, load_config
+from dpo.config import Config, load_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -24,5 +24,6 @@ def test_the_training_configs_are_found():
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_shipped_config_is_valid(path):
     config = load_config(str(path))
+    validate(config)  # every choice, range and loss option, as train.py checks before any work
     assert config.data.format in data.FORMATS
     assert config.loss.name in losses.LOSSES or config.loss.name in ("classifier", "reward_model")

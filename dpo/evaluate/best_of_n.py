@@ -15,8 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from dpo.errors import UserError, entry_point
 
-class BestOfNError(ValueError):
+
+class BestOfNError(UserError, ValueError):
     pass
 
 
@@ -54,7 +56,10 @@ def select_file(candidates, out, scorer, n: int | None = None) -> int:
     return len(best)
 
 
+@entry_point
 def main(argv=None) -> int:
+    from dpo.evaluate import rewards
+    from dpo.files import check_writable
     p = argparse.ArgumentParser(description="Best-of-N selection from a samples file by a reward")
     p.add_argument("--samples", required=True, help="candidates: a sample.py output with N samples per prompt")
     p.add_argument("--reward", required=True, help="reward_model:DIR | classifier:DIR | hf:NAME | quickstart")
@@ -62,12 +67,13 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="require exactly N candidates per prompt")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from dpo.evaluate import rewards
-    try:
-        kept = select_file(args.samples, args.out, rewards.load_scorer(args.reward, device=args.device), args.n)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.n is not None and args.n < 1:
+        raise BestOfNError(f"--n must be >= 1, got {args.n}")
+    check_writable(args.out, "--out")
+    rewards.check_spec(args.reward)
+    if not Path(args.samples).is_file():
+        raise BestOfNError(f"--samples {args.samples}: not a file (expected sample.py's JSON lines)")
+    kept = select_file(args.samples, args.out, rewards.load_scorer(args.reward, device=args.device), args.n)
     print(f"{args.out}: best of {args.n or 'all'} by {args.reward} for {kept} prompts", file=sys.stderr)
     return 0
 

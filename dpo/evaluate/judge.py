@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo.errors import UserError
 from dpo.files import atomic_write
 
 DEFAULT_URL = "https://api.openai.com/v1/chat/completions"
@@ -94,7 +95,7 @@ PROMPTS = {"summary": (SUMMARY_PROMPT, "Preferred"), "summary_concise": (SUMMARY
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529}
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """No usable answer for one question: every retry failed, or the reply was not a chat completion."""
 
 
@@ -201,7 +202,7 @@ class ChatClient:
                                             timeout=c.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode("utf-8", "replace")
+                detail = " ".join(e.read()[:300].decode("utf-8", "replace").split())  # one line
                 if e.code not in RETRY_STATUS:
                     raise JudgeRefused(f"{c.url}: HTTP {e.code} {e.reason}: {detail}") from None
                 last = f"HTTP {e.code} {e.reason}"
@@ -250,7 +251,7 @@ def llm_judge(config: JudgeConfig | None = None, task: str = "summary", seed: in
     """A judge asking an LLM (see the module docstring). The returned function has `.client` (its
     ChatClient, with request and cache-hit counts)."""
     if task not in TASKS:
-        raise ValueError(f"judge task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise JudgeError(f"judge task must be one of {', '.join(TASKS)}; got {task!r}")
     client = ChatClient(config or JudgeConfig.from_env())
     _, label = PROMPTS[task]
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from dpo.batching import pad_rows
+from dpo.errors import UserError
 
 
-class RewardError(ValueError):
+class RewardError(UserError, ValueError):
     pass
 
 
@@ -176,20 +177,26 @@ SCORERS = {
 }
 
 
-def load_scorer(spec: str, *, device="cpu", dtype=None):
-    """A scorer from "kind:ARG" (see the module docstring): classifier:DIR, reward_model:DIR,
-    hf:NAME_OR_DIR[@LABEL], quickstart."""
+def check_spec(spec: str) -> tuple[str, str]:
+    """(kind, ARG) of a reward spec "kind:ARG", checked without loading anything (a command checks its
+    --reward before any work); a RewardError naming the spec and what was expected otherwise."""
     kind, _, arg = spec.partition(":")
     if kind not in SCORERS:
         raise RewardError(f"unknown reward {spec!r}; expected one of classifier:DIR, reward_model:DIR, "
                           f"hf:NAME_OR_DIR[@LABEL], quickstart")
     if kind != "quickstart" and not arg:
         raise RewardError(f"reward {spec!r}: {kind} needs a path or name after the colon")
+    if kind in ("classifier", "reward_model") and not Path(arg).is_dir():
+        raise RewardError(f"reward {spec!r}: {arg} is not a folder")
+    return kind, arg
+
+
+def load_scorer(spec: str, *, device="cpu", dtype=None):
+    """A scorer from "kind:ARG" (see the module docstring): classifier:DIR, reward_model:DIR,
+    hf:NAME_OR_DIR[@LABEL], quickstart."""
+    kind, arg = check_spec(spec)
     if kind in ("classifier", "reward_model"):
-        if not Path(arg).is_dir():
-            raise RewardError(f"reward {spec!r}: {arg} is not a folder")
         return SCORERS[kind](arg, device=device, dtype=dtype)
     if kind == "hf":
         return SCORERS[kind](arg, device=device)
     return SCORERS[kind](arg)
-

@@ -37,7 +37,8 @@ import sys
 from pathlib import Path
 
 from dpo import data
-from dpo.files import atomic_write
+from dpo.errors import UserError, entry_point
+from dpo.files import atomic_write, check_writable
 
 GROUP_KEYS = ("model", "temperature", "top_k", "top_p", "best_of")
 
@@ -63,10 +64,15 @@ def read_samples(path, truncate_partial: bool = False) -> list[dict]:
     return rows
 
 
+def table_paths(prefix, detail_name: str) -> list[Path]:
+    """PREFIX.json, PREFIX.csv and PREFIX.{detail_name}.jsonl."""
+    prefix = Path(prefix)
+    return [prefix.with_name(prefix.name + ext) for ext in (".json", ".csv", f".{detail_name}.jsonl")]
+
+
 def write_tables(prefix, kind: str, args: dict, rows: list[dict], details: list[dict], detail_name: str) -> list[Path]:
     """PREFIX.json, PREFIX.csv and PREFIX.{detail_name}.jsonl, each atomically. Returns the paths."""
-    prefix = Path(prefix)
-    paths = [prefix.with_name(prefix.name + ext) for ext in (".json", ".csv", f".{detail_name}.jsonl")]
+    paths = table_paths(prefix, detail_name)
     atomic_write(paths[0], json.dumps({"kind": kind, "args": args, "rows": rows}, indent=2) + "\n")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -278,6 +284,7 @@ def _fmt(v):
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+@entry_point
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,28 +309,33 @@ def main(argv=None) -> int:
         s.add_argument("--out", required=True, help="output prefix: writes PREFIX.json, PREFIX.csv, PREFIX.*.jsonl")
         s.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    try:
-        if args.command == "reward":
-            from dpo.evaluate.rewards import load_scorer
-            rows, details = reward_table(args.samples, load_scorer(args.reward, device=args.device),
-                                         reference_model=args.reference_model, policy_model=args.policy_model,
-                                         device=args.device, batch_size=args.batch_size)
-            paths = write_tables(args.out, "reward", vars(args), rows, details, "samples")
-            columns = ["model", "temperature", "n_samples", "reward_mean", "kl_exact_mean", "kl_sampled_mean"]
-        else:
-            judge = make_judge(args.judge, task=args.task, seed=args.seed, device=args.device, url=args.judge_url,
-                               model=args.judge_model, workers=args.workers)
-            rows, details = winrate_table(args.samples, judge, judge_name=args.judge, task=args.task,
-                                          against=args.against)
-            paths = write_tables(args.out, "winrate", vars(args), rows, details, "verdicts")
-            columns = ["model", "temperature", "n", "win_rate", "ci_low", "ci_high", "unparseable", "errors"]
-            client = getattr(judge, "client", None)
-            if client is not None:
-                print(f"judge: {client.requests} HTTP requests, {client.cache_hits} answers from the cache",
-                      file=sys.stderr)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    detail_name = "samples" if args.command == "reward" else "verdicts"
+    for path in [args.out, *table_paths(args.out, detail_name)]:
+        check_writable(path, "--out")
+    against = [] if args.command == "reward" or args.against == "reference" else [args.against]
+    for path in args.samples + against:
+        if not Path(path).is_file():
+            raise SamplesFileError(f"{path}: no samples (no such file)")
+    if args.command == "reward":
+        from dpo.evaluate.rewards import check_spec, load_scorer
+        check_spec(args.reward)
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        rows, details = reward_table(args.samples, load_scorer(args.reward, device=args.device),
+                                     reference_model=args.reference_model, policy_model=args.policy_model,
+                                     device=args.device, batch_size=args.batch_size)
+        columns = ["model", "temperature", "n_samples", "reward_mean", "kl_exact_mean", "kl_sampled_mean"]
+    else:
+        judge = make_judge(args.judge, task=args.task, seed=args.seed, device=args.device, url=args.judge_url,
+                           model=args.judge_model, workers=args.workers)
+        rows, details = winrate_table(args.samples, judge, judge_name=args.judge, task=args.task,
+                                      against=args.against)
+        columns = ["model", "temperature", "n", "win_rate", "ci_low", "ci_high", "unparseable", "errors"]
+        client = getattr(judge, "client", None)
+        if client is not None:
+            print(f"judge: {client.requests} HTTP requests, {client.cache_hits} answers from the cache",
+                  file=sys.stderr)
+    paths = write_tables(args.out, args.command, vars(args), rows, details, detail_name)
     print("\t".join(columns))
     for row in rows:
         print("\t".join(_fmt(row.get(c)) for c in columns))

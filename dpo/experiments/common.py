@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 from dpo import data
-from dpo.config import ConfigError, load_config
-from dpo.files import atomic_write
+from dpo.config import load_config
+from dpo.errors import UserError, entry_point
+from dpo.files import atomic_write, check_writable
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 
 
-class ExperimentError(RuntimeError):
+class ExperimentError(UserError, RuntimeError):
     """A stage cannot run: missing input, bad config, a failed training run. The message says which."""
 
 
@@ -219,19 +220,21 @@ def run_actions(x, actions: dict, stages: list[str]) -> None:
 
 def driver_main(argv, *, module_doc: str, prog: str, cls, stages: tuple, run_stages, config_help: str,
                 runs_help: str) -> int:
-    """The command line every driver shares: --config, --stage, --runs and key=value overrides; one line on
-    stderr and exit status 1 for any error."""
+    """The command line every driver shares: --config, --stage, --runs and key=value overrides; a user
+    error (dpo.errors.entry_point) is one line on stderr and exit status 1, a bug keeps its traceback."""
     parser = argparse.ArgumentParser(prog=prog, description=module_doc.split("\n\n")[0], epilog=module_doc.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(stages)}")
     parser.add_argument("--runs", default="", help=runs_help)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
-    args = parser.parse_args(argv)
-    try:
+
+    @entry_point
+    def main(argv) -> int:
+        args = parser.parse_args(argv)
+        chosen = parse_stages(args.stage, stages)
         x = load_config(args.config, args.overrides, cls=cls)
-        run_stages(x, parse_stages(args.stage, stages), [r for r in args.runs.split(",") if r] or None)
-    except (ExperimentError, ConfigError, data.DataError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        check_writable(x.out_dir, "out_dir", folder=True)
+        run_stages(x, chosen, [r for r in args.runs.split(",") if r] or None)
+        return 0
+    return main(argv)

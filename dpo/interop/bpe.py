@@ -30,8 +30,10 @@ import re
 import unicodedata
 from pathlib import Path
 
+from dpo.errors import UserError
 
-class TokenizerError(ValueError):
+
+class TokenizerError(UserError, ValueError):
     """Bad or unsupported tokenizer files or arguments; the message names the file and what was expected."""
 
 

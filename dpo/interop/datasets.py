@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from dpo import data
 from dpo.batching import load_tokenized
+from dpo.errors import entry_point
+from dpo.files import check_writable
 from dpo.interop.download import download
 from dpo.tokenizer import Tokenizer
 
@@ -50,6 +52,7 @@ def download_dataset(name: str, out, base_url: str | None = None) -> list[Path]:
     return paths
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.interop.datasets", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,23 +71,20 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-truncation-side", default=None, choices=["keep_start", "keep_end"])
     p.add_argument("--limit", type=int, default=0, help="tokenize a seeded random subset of this many")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "download":
-            for path in download_dataset(args.name, args.out, args.base_url):
-                print(path)
-            return 0
-        if not args.tokenizer:
-            _, _, counts = data.load_examples(args.format, args.path, args.split)
-            print(data.format_summary(f"{args.format} {args.path} [{args.split}]", counts))
-            return 0
-        print(load_tokenized(args.format, args.path, args.split, Tokenizer.from_pretrained(args.tokenizer),
-                             max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                             truncation=args.truncation, prompt_truncation_side=args.prompt_truncation_side,
-                             limit=args.limit)[2])
+    if args.command == "download":
+        check_writable(args.out, "--out", folder=True)
+        for path in download_dataset(args.name, args.out, args.base_url):
+            print(path)
         return 0
-    except (ValueError, RuntimeError) as e:  # DataError, TokenizerError; DownloadError is a RuntimeError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not args.tokenizer:
+        _, _, counts = data.load_examples(args.format, args.path, args.split)
+        print(data.format_summary(f"{args.format} {args.path} [{args.split}]", counts))
+        return 0
+    print(load_tokenized(args.format, args.path, args.split, Tokenizer.from_pretrained(args.tokenizer),
+                         max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                         truncation=args.truncation, prompt_truncation_side=args.prompt_truncation_side,
+                         limit=args.limit)[2])
+    return 0
 
 
 if __name__ == "__main__":

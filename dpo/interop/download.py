@@ -12,10 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dpo.errors import UserError
+
 CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed. `.status` is the HTTP status code when the server answered, else None."""
 
     def __init__(self, message: str, status: int | None = None):

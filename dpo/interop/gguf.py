@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpo.files import atomic_write
+from dpo.errors import UserError, entry_point
+from dpo.files import atomic_write, check_writable
 from dpo.interop.bpe import PRE_TOKENIZERS
 
 GGUF_MAGIC = b"GGUF"
@@ -59,7 +60,7 @@ GGML_TYPES = {
 GGML_TYPE_IDS = {name: i for i, (name, _, _) in GGML_TYPES.items()}
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError, ValueError):
     """The file is not a GGUF file we can read, or holds something we cannot convert."""
 
 
@@ -588,6 +589,7 @@ def describe(gguf: GGUFFile) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.interop.gguf", description="Inspect or convert a GGUF file.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -598,14 +600,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "info":
-            print(describe(read_gguf(args.file)))
-        else:
-            print(convert(args.file, args.out, dtype=getattr(torch, args.dtype)))
-    except (OSError, ValueError) as e:  # GGUFError, TokenizerError, SafetensorsError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.command == "info":
+        print(describe(read_gguf(args.file)))
+    else:
+        check_writable(args.out, "--out", folder=True)
+        print(convert(args.file, args.out, dtype=getattr(torch, args.dtype)))
     return 0
 
 

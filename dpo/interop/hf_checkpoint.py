@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
+from dpo.errors import UserError
 from dpo.files import atomic_write
 from dpo.interop import safetensors
 from dpo.interop.hub import resolve_model_dir
 from dpo.model import GPT, GPTConfig
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     pass
 
 

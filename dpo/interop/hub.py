@@ -19,7 +19,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from dpo.files import atomic_write
+from dpo.errors import UserError, entry_point
+from dpo.files import atomic_write, check_writable
 from dpo.interop.download import DownloadError, download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -31,7 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "tokenizer.model", "generation_config.json")
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A repository could not be fetched (missing file, no access, offline without a cached copy)."""
 
 
@@ -147,6 +148,7 @@ def _index_shards(index_path: Path) -> list[str]:
     return shards
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.interop.hub", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,11 +157,9 @@ def main(argv=None) -> int:
     p.add_argument("--revision", default="main")
     p.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
-    try:
-        print(snapshot_download(args.repo_id, revision=args.revision, cache_dir=args.cache_dir))
-    except HubError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.cache_dir and cached_snapshot(args.repo_id, args.revision, args.cache_dir) is None:
+        check_writable(args.cache_dir, "--cache-dir", folder=True)  # a complete copy may sit in a read-only one
+    print(snapshot_download(args.repo_id, revision=args.revision, cache_dir=args.cache_dir))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dpo.errors import UserError
 from dpo.files import atomic_path
 
 DTYPES = {
@@ -23,7 +24,7 @@ DTYPES = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError, ValueError):
     pass
 
 

@@ -1,0 +1,44 @@
+"""The one family of errors a user's input can cause, and how every command reports them.
+
+Bad data, configs, checkpoints, tokenizer files, hub names, sample files, ... raise a subclass of
+UserError whose message is one line naming the file, line or key and what was expected. Every command's
+main() is wrapped by `entry_point`: a UserError or an OSError (a path that is a file, a read-only folder,
+a full disk) is printed as `error: ...` on stderr, one line per problem (prefixed `rank N:` under torchrun),
+with exit status 1; anything else is a bug and keeps its traceback. DPO_TRACEBACK=1 shows user errors'
+tracebacks too. Under torchrun a failure on one rank is reported by that rank alone: the others stop with
+PeerFailed, quietly (dpo.distributed.fail_together).
+"""
+import functools
+import os
+import sys
+
+
+class UserError(Exception):
+    """Bad input: each line of the message is one problem, saying where (file, line, key) and what was
+    expected."""
+
+
+class PeerFailed(UserError):
+    """Another torchrun rank failed and reported why; this one stops without a word."""
+
+
+def error_lines(e: BaseException) -> str:
+    """`error: <problem>` per line of the message, `rank N: ` first when this is one of several torchrun
+    processes."""
+    rank = f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    return "\n".join(f"{rank}error: {line}" for line in (str(e).strip() or type(e).__name__).splitlines())
+
+
+def entry_point(main):
+    """Wrap a command's main(argv) -> int so that user errors end it with one line and exit status 1."""
+    @functools.wraps(main)
+    def wrapper(argv=None) -> int:
+        try:
+            return main(argv)
+        except (UserError, OSError) as e:
+            if os.environ.get("DPO_TRACEBACK") == "1":
+                raise
+            if not isinstance(e, PeerFailed):
+                print(error_lines(e), file=sys.stderr, flush=True)
+            return 1
+    return wrapper
