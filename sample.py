@@ -183,6 +183,18 @@ def _check_settings(rows: list[dict], settings: dict, where: Path):
                                   f"{key}={settings[key]!r}; resume with the same settings or use another --out")
 
 
+def done_rows(out: Path, settings: dict, mine: Path | None = None) -> set:
+    """Keys (json prompt_id, sample_index) of the rows already in OUT and its part files, each file checked
+    to hold rows of these settings (else a SampleError); an incomplete last line is cut off `mine` (this
+    rank's part file) only."""
+    done = set()
+    for path in [out] + part_files(out):
+        rows = read_samples(path, truncate_partial=path == mine)
+        _check_settings(rows, settings, path)
+        done.update((json.dumps(r["prompt_id"]), r["sample_index"]) for r in rows)
+    return done
+
+
 def merge(out: Path, prompts: list[dict]) -> int:
     """OUT + OUT.rank*.part → OUT (atomically), one row per (prompt_id, sample_index), in prompt order then
     sample_index (rows of prompts not in this run last, by id); removes the parts. Returns the row count."""
@@ -248,11 +260,7 @@ def run_sampling(model: GPT, tokenizer, prompts: list[dict], out, *, n: int = 1,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out.with_name(f"{out.name}.rank{rank}.part")
-    done = set()
-    for path in [out] + part_files(out):
-        rows = read_samples(path, truncate_partial=path == mine)
-        _check_settings(rows, settings, path)
-        done.update((json.dumps(r["prompt_id"]), r["sample_index"]) for r in rows)
+    done = done_rows(out, settings, mine)
     batches = plan_batches(prompts, n, batch_size)[rank::world_size]
     key = lambda i, s: (json.dumps(prompts[i]["prompt_id"]), s)  # noqa: E731
     todo = [b for b in batches if any(key(i, s) not in done for i, s in b)]
@@ -363,6 +371,9 @@ def main(argv=None) -> int:
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     check_args(args)
     out, samples_out = output_paths(args)
+    settings = {"model": args.model, "temperature": args.temperature, "top_k": args.top_k,
+                "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    done_rows(samples_out, settings)  # an OUT this run cannot resume fails now, not after loading the model
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     started_group = False
     try:
@@ -388,8 +399,6 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"{args.prompts}: {len(prompts)} prompts{left_out}", file=sys.stderr)
         n = args.best_of or args.num_samples
-        settings = {"model": args.model, "temperature": args.temperature, "top_k": args.top_k,
-                    "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
         result = run_sampling(model, tokenizer, prompts, samples_out, n=n, batch_size=args.batch_size,
                               settings=settings, rank=rank, world_size=world_size, device=device)
         if started_group:

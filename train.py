@@ -194,6 +194,12 @@ def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
         kind, summaries = run_kind(config, data_kind), [train_summary, eval_summary]
     if ctx.is_main:
         print("\n".join(summaries), flush=True)
+    for examples, summary_text in ((train_examples, summaries[0]), (eval_examples, summaries[1])):
+        if not examples:  # say which file and why (what the reader and the tokenization left out)
+            head, *lines = summary_text.splitlines()
+            reasons = [r.strip() for r in lines if r.strip().startswith(("left out", "dropped:"))]
+            raise data.DataError(f"{head.removeprefix('data ')}: no examples left to use"
+                                 + "".join(f"; {r}" for r in reasons))
     return kind, train_examples, eval_examples
 
 
@@ -603,8 +609,10 @@ def main(argv=None) -> int:
             if not config.next_config:
                 break
             config = load_config(config.next_config)
-    except torch.distributed.DistBackendError as e:
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # another rank stopped; it printed why
+    except RuntimeError as e:  # a collective broke because another rank stopped; that rank printed why
+        peer_gone = isinstance(e, torch.distributed.DistBackendError) or "closed by peer" in str(e) \
+            or "reset by peer" in str(e)
+        if peer_gone and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise PeerFailed(str(e)) from None
         raise
     finally:

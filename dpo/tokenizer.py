@@ -439,6 +439,13 @@ def train_sentencepiece(input_files, model_prefix, vocab_size: int, model_type: 
 
     if model_type not in ("bpe", "unigram"):
         raise TokenizerError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    for name, value, ok, expected in (("vocab_size", vocab_size, vocab_size >= 1, ">= 1"),
+                                      ("character_coverage", character_coverage, 0 < character_coverage <= 1,
+                                       "in (0, 1]"),
+                                      ("input_sentence_size", input_sentence_size, input_sentence_size >= 0,
+                                       ">= 0 (0: every line)")):
+        if not ok:
+            raise TokenizerError(f"{name} must be {expected}, got {value}")
     files = [Path(f) for f in ([input_files] if isinstance(input_files, (str, Path)) else input_files)]
     if not files:
         raise TokenizerError("train_sentencepiece: no input files given")
@@ -467,9 +474,12 @@ def train_sentencepiece(input_files, model_prefix, vocab_size: int, model_type: 
             spm.SentencePieceTrainer.train(**args)
             for ext in (".model", ".vocab"):
                 atomic_write(f"{prefix}{ext}", Path(f"{tmp}/spm{ext}").read_bytes())
-    except (RuntimeError, OSError) as e:
-        raise TokenizerError(f"SentencePiece training on {[str(f) for f in files]} failed: "
-                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+    except (RuntimeError, ValueError, OSError) as e:  # SentencePiece: "INTERNAL: file.cc(N) [check] what"
+        reason = " ".join(str(e).split()) or type(e).__name__
+        check = re.fullmatch(r"[A-Z_]+: \S+\(\d+\) \[(.*?)\]\s*(.*)", reason)
+        if check:
+            reason = check.group(2) or f"its check {check.group(1)} failed"
+        raise TokenizerError(f"SentencePiece training on {', '.join(map(str, files))} failed: {reason}") from None
     return Path(f"{prefix}.model")
 
 

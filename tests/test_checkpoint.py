@@ -69,7 +69,9 @@ def test_round_trip_restores_optimizer_and_rng(tmp_path):
     expected = (torch.rand(4), random.random(), np.random.rand())
     saved_state = {k: {n: t.clone() for n, t in s.items()} for k, s in optimizer.state_dict()["state"].items()}
 
-    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # noqa: E231 -- move every generator on
+    torch.manual_seed(123)  # move every generator on
+    random.seed(123)
+    np.random.seed(123)
     fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
     assert not fresh.state_dict()["state"]
     assert checkpoint.load_training_state(path, model, fresh, CTX) == {"step": STEP, "save": "a"}
@@ -92,15 +94,12 @@ def test_saving_a_step_twice_replaces_it(tmp_path):
     assert names(tmp_path) == ["latest", "step-000003"]  # no .tmp or .old left behind
 
 
-def fake_rmtree_partial(real):
-    """shutil.rmtree killed part-way, in the worst order: every file but trainer_state.json is gone."""
-    def rmtree(path, *args, **kwargs):
-        for root, _, files in os.walk(path):
-            for f in files:
-                if f != checkpoint.TRAINER_STATE:
-                    os.unlink(os.path.join(root, f))
-        raise Killed(f"rmtree {path}")
-    return rmtree
+def rmtree_half_way(path, *args, **kwargs):
+    """What shutil.rmtree got done before a kill, in the worst order: every file but trainer_state.json."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            if f != checkpoint.TRAINER_STATE:
+                os.unlink(os.path.join(root, f))
 
 
 def kill_at(k, real, partial=None):
@@ -118,71 +117,108 @@ def kill_at(k, real, partial=None):
     return wrapper
 
 
-# Where a re-save can be killed: every rename (checkpoint folders, `latest`, trainer_state.json and DCP's own),
-# every folder deletion (before it starts, and half-way), the trainer_state / `latest` writes, the weights.
+# Where a save can be killed: every rename (checkpoint folders, `latest`, trainer_state.json and DCP's own),
+# every folder deletion (before it starts, and half-way), the trainer_state / `latest` writes, the weights;
+# with the fewest calls a re-save makes to each.
 KILL_POINTS = {
-    "os.replace": (os, "replace", None),
-    "shutil.rmtree": (shutil, "rmtree", None),
-    "shutil.rmtree half-way": (shutil, "rmtree", "partial"),
-    "atomic_write": (checkpoint, "atomic_write", None),
-    "save_hf": (checkpoint, "save_hf", None),
+    "os.replace": (os, "replace", None, 4),
+    "shutil.rmtree": (shutil, "rmtree", None, 3),
+    "shutil.rmtree half-way": (shutil, "rmtree", rmtree_half_way, 3),
+    "atomic_write": (checkpoint, "atomic_write", None, 2),
+    "save_hf": (checkpoint, "save_hf", None, 1),
 }
 
 
+def killed_save(out, model, optimizer, tag, point, k, monkeypatch) -> int:
+    """Save STEP into `out` with the k-th call at the kill point killed (k=0: no kill). Returns the calls made."""
+    module, attr, partial, _ = KILL_POINTS[point]
+    wrapper = kill_at(k, getattr(module, attr), partial)
+    with monkeypatch.context() as m:
+        m.setattr(module, attr, wrapper)
+        if k:
+            with pytest.raises(Killed):
+                save(out, model, optimizer, tag)
+        else:
+            save(out, model, optimizer, tag)
+    return wrapper.calls["n"]
+
+
 def setup_resave(out):
-    """`out` after a first save of STEP (tag old) with some leftovers of an older kill, and the model and
-    optimizer one update later, about to save STEP again (tag new). Returns (model, optimizer, old, new)."""
+    """`out` after saves of step 1 and STEP (tag old), with incomplete leftovers of an older kill, and the model
+    and optimizer one update later, about to save STEP again (tag new). Returns (model, optimizer, saves):
+    saves maps each tag to its weights."""
     model, optimizer = trained()
     save(out, model, optimizer, "old", step=1)
     save(out, model, optimizer, "old")
-    for leftover in ("step-000003.tmp", "step-000003.old"):  # incomplete folders an older kill left
+    for leftover in ("step-000003.tmp", "step-000003.old"):
         (out / "checkpoints" / leftover / "optimizer").mkdir(parents=True)
         (out / "checkpoints" / leftover / "config.json").write_text("{}")
-    old = weights(model)
+    saves = {"old": weights(model)}
     train_step(model, optimizer)
-    return model, optimizer, old, weights(model)
+    saves["new"] = weights(model)
+    return model, optimizer, saves
 
 
-def count_calls(tmp_path, monkeypatch, module, attr) -> int:
-    out = tmp_path / "count"
-    model, optimizer, _, _ = setup_resave(out)
-    counter = kill_at(0, getattr(module, attr))
-    monkeypatch.setattr(module, attr, counter)
-    save(out, model, optimizer, "new")
-    monkeypatch.undo()
-    return counter.calls["n"]
+def resumable(out, saves: dict) -> str:
+    """What a resumed run sees after a kill, never an error: a complete STEP checkpoint whose weights are those of
+    the save its trainer state names (a key of `saves`). Returns that tag."""
+    path = checkpoint.latest_checkpoint(out)
+    assert path is not None and path.name.startswith("step-000003"), names(out)
+    model = load_pretrained(path)
+    tag = checkpoint.load_training_state(path, model, torch.optim.AdamW(model.parameters()), CTX)["save"]
+    assert same(weights(model), saves[tag]), (tag, "weights and trainer state disagree", names(out))
+    return tag
+
+
+def calls_in_a_save(out, model, optimizer, point, monkeypatch, least=1) -> int:
+    """How often a save into (a copy of) `out` calls the kill point's function (at least `least` times)."""
+    copy = out.with_name(out.name + "-count")
+    shutil.copytree(out, copy)
+    n = killed_save(copy, model, optimizer, "count", point, 0, monkeypatch)
+    assert n >= least, (point, n)  # the kill points are really there
+    return n
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_kill_anywhere_in_a_resave_leaves_a_complete_checkpoint(point, tmp_path, monkeypatch):
-    module, attr, how = KILL_POINTS[point]
-    real = getattr(module, attr)
-    n_calls = count_calls(tmp_path, monkeypatch, module, attr)
-    assert n_calls >= {"replace": 4, "rmtree": 3, "atomic_write": 2, "save_hf": 1}[attr]  # the points exist
+    model, optimizer, _ = setup_resave(tmp_path / "count")
     outcomes = set()
-    for k in range(1, n_calls + 1):
+    n = calls_in_a_save(tmp_path / "count", model, optimizer, point, monkeypatch, least=KILL_POINTS[point][3])
+    for k in range(1, n + 1):
         out = tmp_path / f"kill-{k}"
-        model, optimizer, old, new = setup_resave(out)
-        partial = fake_rmtree_partial(real) if how == "partial" else None
-        monkeypatch.setattr(module, attr, kill_at(k, real, partial))
-        with pytest.raises(Killed):
-            save(out, model, optimizer, "new")
-        monkeypatch.undo()
-
-        path = checkpoint.latest_checkpoint(out)  # what the resumed run sees: never an error
-        assert path is not None and path.name.startswith("step-000003"), (k, names(out))
-        on_disk = weights(load_pretrained(path))
-        tag = checkpoint.load_training_state(path, model, torch.optim.AdamW(model.parameters()), CTX)["save"]
-        assert on_disk.keys() == old.keys()
-        assert same(on_disk, {"old": old, "new": new}[tag]), (k, tag, "weights and trainer state disagree")
-        outcomes.add(tag)
-
+        model, optimizer, saves = setup_resave(out)
+        killed_save(out, model, optimizer, "new", point, k, monkeypatch)
+        outcomes.add(resumable(out, saves))
         # the resumed run saves the step again: it lands as step-N and nothing is left over
         train_step(model, optimizer)
         assert save(out, model, optimizer, "again") == checkpoint.latest_checkpoint(out)
         assert names(out) == ["latest", "step-000001", "step-000003"], (k, names(out))
-    if attr == "replace":  # kills before and after the new checkpoint is in place
+    if point == "os.replace":  # kills before and after the new checkpoint is in place
         assert outcomes == {"old", "new"}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_second_kill_while_a_recovered_run_resaves(point, tmp_path, monkeypatch):
+    """A first kill mid-rename leaves `latest` naming nothing and the run resumes from step-N.tmp or .old; it
+    saves step N again and is killed anywhere in that save: still a complete checkpoint."""
+    model, optimizer, _ = setup_resave(tmp_path / "count")
+    recovered = 0
+    for k1 in range(1, calls_in_a_save(tmp_path / "count", model, optimizer, "os.replace", monkeypatch) + 1):
+        first = tmp_path / f"first-{k1}"
+        model, optimizer, saves = setup_resave(first)
+        killed_save(first, model, optimizer, "new", "os.replace", k1, monkeypatch)
+        if (first / "checkpoints" / "step-000003").is_dir():
+            continue  # `latest` still names a complete checkpoint
+        recovered += 1
+        resumable(first, saves)
+        train_step(model, optimizer)
+        saves["again"] = weights(model)
+        for k2 in range(1, calls_in_a_save(first, model, optimizer, point, monkeypatch) + 1):
+            out = tmp_path / f"second-{k1}-{k2}"
+            shutil.copytree(first, out)
+            killed_save(out, model, optimizer, "again", point, k2, monkeypatch)
+            resumable(out, saves)
+    assert recovered >= 1
 
 
 def complete(out, name, tag):

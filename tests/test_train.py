@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from dpo import losses, quickstart
+from dpo import checkpoint, losses, quickstart
 from dpo.config import load_config
 from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.interop.safetensors import load_file
@@ -258,3 +258,202 @@ def test_every_preference_loss_trains(base_model, tmp_path, name, monkeypatch):
     assert first["grad_norm"] > 0
     # the policy (trainable), then the reference if the loss reads it
     assert loaded == ([True, False] if losses.uses_reference(name.removesuffix("+wpo")) else [True])
+
+
+# ----- bad input: one clear line, exit status 1, nothing half-written --------------------------------------
+
+def broken_copy(base_model: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the base checkpoint, broken in one way."""
+    folder = tmp_path / f"model-{how}"
+    shutil.copytree(base_model, folder)
+    if how == "truncated_weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "unknown_model_type":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+    elif how == "no_config":
+        (folder / "config.json").unlink()
+    elif how == "no_tokenizer":
+        for path in folder.iterdir():
+            if "token" in path.name or path.suffix == ".model":
+                path.unlink()
+    return folder
+
+
+BAD_INPUTS = {  # name: (overrides or a function of (base_model, tmp_path) giving them, what the line must name)
+    "dtype": (["model.dtype=float16x"], "model.dtype"),
+    "loss name": (["loss.name=dpo"], "loss.name"),
+    "parallel": (["train.parallel=zero"], "train.parallel"),
+    "wandb off": (["wandb.mode=off"], "wandb.mode"),
+    "negative lr": (["train.lr=-1"], "train.lr"),
+    "negative beta": (["loss.beta=-0.1"], "loss.beta"),
+    "schedule typo": (["train.schedule=cosinee"], "train.schedule"),
+    "fp16": (["train.mixed_precision=fp16"], "train.mixed_precision"),
+    "loss option typo": (["loss.options={lable_smoothing: 0.1}"], "lable_smoothing"),
+    "micro batch": (["train.micro_batch_size=3"], "train.micro_batch_size"),
+    "max_length above the context": (["data.max_length=100"], "data.max_length"),
+    "resume without checkpoint": (["train.resume=true"], "train.resume"),
+    "model path missing": (lambda base, tmp: [f"model.name={tmp / 'nope'}"], "nope"),
+    "model path-like name": (lambda base, tmp: ["model.name=./runs/missing/final"], "runs/missing/final"),
+    "tokenizer folder missing": (lambda base, tmp: [f"model.tokenizer={tmp / 'nope'}"], "model.tokenizer"),
+    "data file missing": (lambda base, tmp: ["data.format=preference_jsonl", f"data.path={tmp / 'nope.jsonl'}"],
+                          "data.path"),
+    "out_dir is a file": (lambda base, tmp: [f"train.out_dir={tmp / 'afile'}"], "afile"),
+    "truncated weights": (lambda base, tmp: [f"model.name={broken_copy(base, tmp, 'truncated_weights')}"],
+                          "model.safetensors"),
+    "unknown model_type": (lambda base, tmp: [f"model.name={broken_copy(base, tmp, 'unknown_model_type')}"],
+                           "mamba"),
+    "checkpoint without config.json": (lambda base, tmp: [f"model.name={broken_copy(base, tmp, 'no_config')}"],
+                                       "config.json"),
+    "tokenizer files missing": (lambda base, tmp: [f"model.name={broken_copy(base, tmp, 'no_tokenizer')}"],
+                                "model-no_tokenizer"),
+    "empty dataset": (lambda base, tmp: ["data.format=preference_jsonl", f"data.path={tmp / 'empty.jsonl'}"],
+                      "empty.jsonl"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(base_model, tmp_path, capsys, case):
+    extra, named = BAD_INPUTS[case]
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "empty.jsonl").write_text("")
+    if case == "fp16" and torch.cuda.is_available():
+        pytest.skip("fp16 is a GPU feature")
+    out = tmp_path / "run"
+    code = train.main(overrides(base_model, out, *(extra(base_model, tmp_path) if callable(extra) else extra)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert not (out / "checkpoints").exists() and not (out / "final").exists()
+    assert not list(tmp_path.rglob("*.tmp*")), "a half-written file was left"
+
+
+def test_every_problem_is_listed_at_once(base_model, tmp_path, capsys):
+    code = train.main(overrides(base_model, tmp_path / "run", "train.lr=-1", "loss.beta=0", "wandb.mode=off"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert [line.split(":")[1].strip() for line in err] == ["wandb.mode", "loss.beta", "train.lr"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_changed_model_unless_told(base_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(base_model, out, "train.max_examples=8")
+    other = tmp_path / "other-model"
+    shutil.copytree(base_model, other)
+    config_before = (out / "config.yaml").read_text()
+    code = train.main(overrides(other, out, "train.max_examples=16", "train.resume=true"))
+    err = capsys.readouterr().err
+    assert code == 1 and f"model.name was '{base_model}'" in err and "train.resume_changed=true" in err
+    assert (out / "config.yaml").read_text() == config_before  # the run's record is untouched
+    assert train.main(overrides(other, out, "train.max_examples=16", "train.resume=true",
+                                "train.resume_changed=true")) == 0
+
+
+FAIL_ON_RANK_1 = """
+import os, sys
+sys.path.insert(0, {root!r})
+import train
+from dpo.data import DataError
+
+if os.environ["RANK"] == "1":
+    if sys.argv[1] == "start":  # a file only rank 1 cannot read, at start-up
+        def load_data(*args, **kwargs):
+            raise DataError("data.jsonl:3: a record only rank 1 reads is broken")
+        train.load_data = load_data
+    else:  # a bad micro-batch on rank 1 at the second step, while rank 0 waits in the gradient all-reduce
+        real, calls = train.preference_step, []
+        def preference_step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise DataError("data.jsonl:7: a record only rank 1 reads is broken")
+            return real(*args, **kwargs)
+        train.STEPS["preference"] = preference_step
+sys.exit(train.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["start", "step"])
+def test_one_failing_rank_prints_one_line_and_nobody_hangs(base_model, tmp_path, when):
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1.format(root=str(ROOT)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           f"--log-dir={logs}", "--redirects=3", str(script), when,
+           *overrides(base_model, tmp_path / "run", "train.micro_batch_size=4", "train.parallel=ddp")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DPO_NO_PROGRESS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    err = {path.parent.name: path.read_text() for path in logs.rglob("stderr.log")}
+    assert sorted(err) == ["0", "1"], err
+    assert [line for line in err["1"].splitlines() if "error" in line.lower()] == [
+        f"rank 1: error: data.jsonl:{3 if when == 'start' else 7}: a record only rank 1 reads is broken"]
+    assert "Traceback" not in err["0"] + err["1"] and "error" not in err["0"].lower(), err["0"]
+
+
+class Killed(BaseException):
+    """A kill -9 stand-in: nothing catches it, so the run stops where it is and leaves its files as they are."""
+
+
+KILL_POINTS = {  # name: (object, attribute, which call dies, die before (True) or after (False) the call)
+    "after the step-2 checkpoint": (lambda: checkpoint, "save_checkpoint", 2, False),
+    "during the step-3 save": (lambda: checkpoint, "rng_state", 3, True),  # weights and optimizer written
+    "during an evaluation": (lambda: train, "evaluate", 1, True),
+    "after the last checkpoint": (lambda: train, "evaluate", 2, True),
+    "during the final samples": (lambda: train, "write_samples", 3, True),
+    "while writing a metrics line": (lambda: train.RunLog, "log", 5, None),
+}
+
+
+def kill(monkeypatch, point):
+    owner, name, nth, before = KILL_POINTS[point]
+    owner = owner()
+    real, calls = getattr(owner, name), []
+    if point == "while writing a metrics line":
+        def half_line(self, metrics, examples):
+            calls.append(1)
+            if len(calls) == nth:
+                with open(self.path, "a") as f:
+                    f.write('{"counters/examples": ' + str(examples))
+                raise Killed()
+            return real(self, metrics, examples)
+        monkeypatch.setattr(owner, name, half_line)
+        return
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth and before:
+            raise Killed()
+        out = real(*args, **kwargs)
+        if len(calls) == nth:
+            raise Killed()
+        return out
+    monkeypatch.setattr(owner, name, dying)
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_and_resume_equals_an_uninterrupted_run(base_model, tmp_path, monkeypatch, point):
+    """Weights, the last checkpoint, metrics.jsonl (timing fields aside) and samples.jsonl all come out as an
+    uninterrupted run's, wherever the run was killed."""
+    settings = ("train.max_examples=32", "train.save_every=1", "train.eval_every=2", "train.sample_every=2",
+                "train.sample_prompts=2", "train.sample_max_new_tokens=6", "train.sample_reward=quickstart",
+                "train.optimizer=adamw", "train.lr=1e-3", "train.warmup_steps=3")
+    run(base_model, tmp_path / "full", *settings)
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill(m, point)
+        with pytest.raises(Killed):
+            run(base_model, killed, *settings)
+    run(base_model, killed, *settings, "train.resume=true")
+    full, resumed = final_weights(tmp_path / "full"), final_weights(killed)
+    assert all(torch.equal(full[k], resumed[k]) for k in full), "final weights differ"
+    last = [(d / "checkpoints" / "step-000004" / "model.safetensors").read_bytes() for d in (tmp_path / "full", killed)]
+    assert last[0] == last[1]
+    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(metrics_lines(tmp_path / "full")) == strip(metrics_lines(killed))
+    assert (tmp_path / "full" / "samples.jsonl").read_bytes() == (killed / "samples.jsonl").read_bytes()

@@ -71,6 +71,7 @@ def main(argv=None) -> int:
         raise BestOfNError(f"--n must be >= 1, got {args.n}")
     check_writable(args.out, "--out")
     rewards.check_spec(args.reward)
+    rewards.check_device(args.device)
     if not Path(args.samples).is_file():
         raise BestOfNError(f"--samples {args.samples}: not a file (expected sample.py's JSON lines)")
     kept = select_file(args.samples, args.out, rewards.load_scorer(args.reward, device=args.device), args.n)

@@ -102,8 +102,12 @@ def hf_classifier_scorer(name_or_dir: str, *, label: str = "POSITIVE", device="c
     except ImportError:
         raise RewardError(f"hf:{name_or_dir}: scoring with a Hugging Face classifier needs the transformers "
                           f"package (pip install transformers); it is not a dependency of this codebase") from None
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_dir)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(name_or_dir).to(device).eval()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_dir)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(name_or_dir).to(device).eval()
+    except (OSError, ValueError) as e:  # not found (offline, a typo), not a sequence classifier
+        raise RewardError(f"hf:{name_or_dir}: cannot load a transformers sequence classifier: "
+                          + " ".join(str(e).split())) from None
     index = label_index(model.config.id2label, label, f"hf:{name_or_dir}")
 
     def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -175,6 +179,18 @@ SCORERS = {
                                                                label=arg.partition("@")[2] or "POSITIVE"),
     "quickstart": lambda arg, **kw: quickstart_scorer(),
 }
+
+
+def check_device(device: str) -> torch.device:
+    """--device as a torch.device, checked before any work: a UserError for a name torch does not know or
+    a CUDA device this machine does not have."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: not a device (expected cpu, cuda or cuda:N)") from None
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available)")
+    return d
 
 
 def check_spec(spec: str) -> tuple[str, str]:

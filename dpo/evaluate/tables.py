@@ -309,15 +309,16 @@ def main(argv=None) -> int:
         s.add_argument("--out", required=True, help="output prefix: writes PREFIX.json, PREFIX.csv, PREFIX.*.jsonl")
         s.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    from dpo.evaluate.rewards import check_device, check_spec, load_scorer
     detail_name = "samples" if args.command == "reward" else "verdicts"
     for path in [args.out, *table_paths(args.out, detail_name)]:
         check_writable(path, "--out")
+    check_device(args.device)
     against = [] if args.command == "reward" or args.against == "reference" else [args.against]
     for path in args.samples + against:
         if not Path(path).is_file():
             raise SamplesFileError(f"{path}: no samples (no such file)")
     if args.command == "reward":
-        from dpo.evaluate.rewards import check_spec, load_scorer
         check_spec(args.reward)
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")

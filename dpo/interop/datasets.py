@@ -76,6 +76,8 @@ def main(argv=None) -> int:
         for path in download_dataset(args.name, args.out, args.base_url):
             print(path)
         return 0
+    if args.limit < 0:
+        raise data.DataError(f"--limit must be >= 0 (0: every example), got {args.limit}")
     if not args.tokenizer:
         _, _, counts = data.load_examples(args.format, args.path, args.split)
         print(data.format_summary(f"{args.format} {args.path} [{args.split}]", counts))

@@ -93,7 +93,9 @@ class GGUFFile:
 def read_gguf(path) -> GGUFFile:
     """Parse the header, metadata and tensor table of a GGUF file (tensor data is not read)."""
     path = Path(path)
-    if path.is_file() and path.stat().st_size < 24:
+    if not path.is_file():
+        raise GGUFError(f"{path}: {'is a folder, not a GGUF file' if path.is_dir() else 'no such file'}")
+    if path.stat().st_size < 24:
         raise GGUFError(f"{path}: not a GGUF file ({path.stat().st_size} bytes, shorter than a GGUF header)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         return _parse(path, buf)
