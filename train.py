@@ -38,9 +38,9 @@ import torch.nn as nn
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, load_config, save_config, validate
 from dpo.errors import PeerFailed, UserError, entry_point
-from dpo.files import atomic_dir
+from dpo.files import atomic_dir, check_writable
 from dpo.generation import completion_text, generate, stop_ids
-from dpo.interop.hf_checkpoint import CheckpointError, config_from_hf, load_pretrained
+from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
 from dpo.interop.hub import resolve_model_dir
 from dpo.logprobs import model_token_logps, response_mask, sequence_logps, sequence_unlikelihood, wpo_weights
 from dpo.model import GPT, GPTConfig
@@ -452,11 +452,10 @@ def check_paths(config: Config, out_dir: Path) -> None:
     writable folder; model.name, reference and model.tokenizer exist (or model.name / reference are hub
     names, fetched now); data.path exists."""
     problems = []
-    parent = next(p for p in [out_dir, *out_dir.parents] if p.exists())
-    if out_dir.exists() and not out_dir.is_dir():
-        problems.append(f"train.out_dir: {out_dir} is a file, expected a folder")
-    elif not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        problems.append(f"train.out_dir: cannot write in {parent}")
+    try:
+        check_writable(out_dir, "train.out_dir", folder=True)
+    except UserError as e:
+        problems.append(str(e))
     for key, name in (("model.name", config.model.name), ("reference", config.reference)):
         try:
             if name:
@@ -481,10 +480,7 @@ def resume_point(config: Config, out_dir: Path):
     if path is None:
         raise ConfigError(f"train.resume: {out_dir / 'checkpoints'} holds no complete checkpoint to resume; "
                           f"set train.resume=false to start a new run")
-    try:
-        saved = json.loads((path / "trainer_state.json").read_text()).get("config", {})
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
+    saved = checkpoint.read_trainer_state(path).get("config", {})
     changed = [f"train.resume: {key} was {before!r} in {path}, is {after!r} now"
                for key, before, after in changed_settings(saved, dataclasses.asdict(config))] if saved else []
     if changed and not config.train.resume_changed:

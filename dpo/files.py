@@ -34,16 +34,20 @@ def atomic_write(path, data: str | bytes) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path):
-    """Yield an empty folder `path`.tmp; when the block ends without error, it becomes `path` (an old `path` is
-    removed just before the rename). A kill leaves the old folder, or none, and a `.tmp` the next call clears.
-    (Training checkpoints, written by every rank, follow the same rule in dpo/checkpoint.py.)"""
+    """Yield an empty folder `path`.tmp; when the block ends without error, it becomes `path`. An old `path`
+    is first renamed to `path`.old and removed only after the new one is in place, so a kill leaves `path`
+    (old or new) or, between the two renames, both complete copies beside it. (Training checkpoints, which
+    every rank writes, follow the same rule in dpo/checkpoint.py.)"""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
-    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_writable(path, what: str, *, folder: bool = False) -> Path:

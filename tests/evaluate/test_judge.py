@@ -173,7 +173,7 @@ def test_dialogue_prompt(stub, tmp_path):
     assert verdict["winner"] == "candidate" and verdict["answer"].endswith(f"More helpful: {verdict['candidate_position']}")
     text = stub.bodies[0]["messages"][0]["content"]
     assert "Human: How do I boil an egg?" in text and "Reply A:" in text
-    with pytest.raises(ValueError, match="judge task"):
+    with pytest.raises(J.JudgeError, match="judge task"):
         J.llm_judge(config(stub, tmp_path), task="poetry")
 
 
