@@ -36,20 +36,18 @@ import torch
 import torch.nn as nn
 
 from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
-from dpo.config import Config, ConfigError, load_config, save_config, validate
+from dpo.config import Config, ConfigError, check_paths, load_config, save_config, validate
 from dpo.errors import PeerFailed, UserError, entry_point
-from dpo.files import atomic_dir, check_writable
+from dpo.files import atomic_dir
 from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
 from dpo.interop.hub import resolve_model_dir
 from dpo.logprobs import model_token_logps, response_mask, sequence_logps, sequence_unlikelihood, wpo_weights
 from dpo.model import GPT, GPTConfig
-from dpo.run_log import RunLog, throughput_metrics
+from dpo.run_log import RunLog, progress_bar, throughput_metrics
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
-# A resumed run must continue the run its checkpoint belongs to: these settings must match (train.resume_changed).
-RESUME_KEYS = ("model", "reference", "data", "loss", "train.seed", "train.batch_size", "train.optimizer")
 
 
 class NonFiniteLoss(UserError):
@@ -236,6 +234,10 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
         with torch.device("meta" if meta else ctx.device):
             model = reward_model.RewardModel(model, 2 if kind == "classification" else 1,
                                              pad_id=tokenizer.pad_id_or_eos())
+    context = getattr(model, "backbone", model).config.max_seq_len
+    if config.data.max_length > context:
+        raise ConfigError(f"data.max_length: expected <= {context}, the context of model {m.name}, "
+                          f"got {config.data.max_length}")
     if config.train.compile:  # block by block, the unit FSDP2 shards
         for block in model.blocks:
             block.compile()
@@ -326,13 +328,7 @@ def train(config: Config) -> dict:
     """Run one training job; returns the final evaluation metrics."""
     ctx = distributed.setup(config.train.device)
     t, out_dir = config.train, Path(config.train.out_dir)
-    with distributed.fail_together():  # every check before any work; all problems at once
-        validate(config)
-        check_paths(config, out_dir)
-        resume_from = resume_point(config, out_dir)
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
-    distributed.barrier()
+    resume_from = check_run(config, ctx, out_dir)
     torch.manual_seed(t.seed)
 
     tokenizer = load_tokenizer(config, ctx, out_dir)
@@ -348,10 +344,6 @@ def train(config: Config) -> dict:
     mode = parallel_mode(config, ctx)
     with distributed.fail_together():
         policy = build_policy(config, tokenizer, ctx, kind, resume_from, meta=mode == "fsdp" and not ctx.is_main)
-        context = getattr(policy, "backbone", policy).config.max_seq_len
-        if config.data.max_length > context:
-            raise ConfigError(f"data.max_length: expected <= {context}, the context of model {config.model.name}, "
-                              f"got {config.data.max_length}")
     train_reference = eval_reference = None
     if kind == "preference" and losses.uses_reference(config.loss.name):
         train_reference, eval_reference = build_reference(config, policy, tokenizer, ctx, mode, resume_from,
@@ -362,6 +354,7 @@ def train(config: Config) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, schedule.n_steps))
     state = restore(resume_from, policy, optimizer, scheduler, schedule, ctx)
     step, examples_seen, saved_step = state["step"], state["examples"], state["step"]
+    early = state.get("early_stopping", {"best": None, "bad_evals": 0, "stopped": False})
     log = RunLog(out_dir, dataclasses.asdict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
     log.truncate(state.get("log_lines"))  # back to what was logged when the checkpoint was saved
     sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]] \
@@ -375,14 +368,12 @@ def train(config: Config) -> dict:
     def checkpoint_now():
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
                          "scheduler": scheduler.state_dict(), "log_lines": log.line_counts(),
-                         "config": dataclasses.asdict(config)}
+                         "early_stopping": early, "config": dataclasses.asdict(config)}
         checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
 
-    from tqdm import tqdm
-    progress = tqdm(total=schedule.n_steps, initial=step, desc="train", dynamic_ncols=True,
-                    disable=not ctx.is_main or os.environ.get("DPO_NO_PROGRESS") == "1")
+    progress = progress_bar(schedule.n_steps, step, enabled=ctx.is_main)
     per_rank_batch = t.batch_size // ctx.world_size
-    for micro_batches in schedule:
+    for micro_batches in schedule if not early["stopped"] else ():
         start = time.perf_counter()
         sums, tokens = {}, torch.zeros((), device=ctx.device)
         for i, indices in enumerate(micro_batches):
@@ -397,29 +388,30 @@ def train(config: Config) -> dict:
             tokens += batch["attention_mask"].sum()
         grad_norm = clip_grad_norm(policy, t.max_grad_norm)
         metrics = distributed.all_reduce_mean(sums, torch.tensor(float(per_rank_batch), device=ctx.device))
-        if not (math.isfinite(metrics["loss/train"]) and math.isfinite(grad_norm)):
-            raise NonFiniteLoss(
-                f"non-finite loss ({metrics['loss/train']}) or gradient norm ({grad_norm}) at step {step + 1}; "
-                f"stopping without an update. The last good checkpoint is in {out_dir / 'checkpoints'}")
+        check_finite(metrics["loss/train"], grad_norm, step + 1, out_dir)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, examples_seen = step + 1, examples_seen + t.batch_size
 
         if step % t.log_every == 0 or step == schedule.n_steps:
-            elapsed = time.perf_counter() - start
             metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], **{"counters/updates": step},
-                           **throughput_metrics(policy, train_reference, batch, len(micro_batches), tokens,
-                                                t.batch_size, elapsed, ctx, config.data.max_length))
+                           **throughput_metrics(policy, train_reference, batch, len(micro_batches), tokens, t.batch_size,
+                                                time.perf_counter() - start, ctx, config.data.max_length))
             log.log(metrics, examples_seen)
             progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
         if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:
-            log.log(evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx), examples_seen)
+            eval_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
+            log.log(eval_metrics, examples_seen)
+            if t.early_stopping_patience and watch(early, eval_metrics, t):  # a new best: keep it
+                save_final(policy, out_dir, ctx, tokenizer, name="best")
         if t.sample_every and step % t.sample_every == 0:
             sample_now()
         if t.save_every and step % t.save_every == 0 and step < schedule.n_steps:
             checkpoint_now()
         progress.update(1)
+        if early["stopped"]:
+            break
     progress.close()
 
     if step != saved_step or resume_from is None:  # (a resumed finished run has this checkpoint already)
@@ -432,6 +424,20 @@ def train(config: Config) -> dict:
         print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
     log.finish()
     return final_metrics
+
+
+def check_run(config: Config, ctx: distributed.Dist, out_dir: Path):
+    """Every check before any work, every problem at once (on every rank; the first failing rank reports):
+    the config's values, the paths, and what there is to resume. Then out_dir/config.yaml records the run.
+    Returns the checkpoint to resume from, or None."""
+    with distributed.fail_together():
+        validate(config)
+        check_paths(config)
+        resume_from = checkpoint.resume_point(config) if config.train.resume else None
+    if ctx.is_main:
+        save_config(config, out_dir / "config.yaml")
+    distributed.barrier()
+    return resume_from
 
 
 def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> dict:
@@ -447,61 +453,18 @@ def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> dict:
     return state
 
 
-def check_paths(config: Config, out_dir: Path) -> None:
-    """The folders a run reads and writes, checked before any work (all problems at once): out_dir is a
-    writable folder; model.name, reference and model.tokenizer exist (or model.name / reference are hub
-    names, fetched now); data.path exists."""
-    problems = []
-    try:
-        check_writable(out_dir, "train.out_dir", folder=True)
-    except UserError as e:
-        problems.append(str(e))
-    for key, name in (("model.name", config.model.name), ("reference", config.reference)):
-        try:
-            if name:
-                resolve_model_dir(name)
-        except FileNotFoundError as e:
-            problems.append(f"{key}: {e}")
-    for key, path in (("model.tokenizer", config.model.tokenizer), ("data.path", config.data.path),
-                      ("data.eval_path", config.data.eval_path)):
-        if path and not Path(path).exists():
-            problems.append(f"{key}: {path}: no such file or folder")
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def resume_point(config: Config, out_dir: Path):
-    """The checkpoint to continue from, or None for a new run (train.resume=false). Resuming needs a complete
-    checkpoint in out_dir, made with the same model, data and loss settings (RESUME_KEYS) unless
-    train.resume_changed says to go on anyway."""
-    if not config.train.resume:
-        return None
-    path = checkpoint.latest_checkpoint(out_dir)
-    if path is None:
-        raise ConfigError(f"train.resume: {out_dir / 'checkpoints'} holds no complete checkpoint to resume; "
-                          f"set train.resume=false to start a new run")
-    saved = checkpoint.read_trainer_state(path).get("config", {})
-    changed = [f"train.resume: {key} was {before!r} in {path}, is {after!r} now"
-               for key, before, after in changed_settings(saved, dataclasses.asdict(config))] if saved else []
-    if changed and not config.train.resume_changed:
-        raise ConfigError("\n".join(changed + ["train.resume: set train.resume_changed=true to resume anyway, "
-                                                "or use another train.out_dir"]))
-    return path
-
-
-def changed_settings(saved: dict, now: dict) -> list[tuple[str, object, object]]:
-    """(dotted key, value in the checkpoint's config, value now) for every RESUME_KEYS setting that differs."""
-    out = []
-    for key in RESUME_KEYS:
-        before, after = saved, now
-        for part in key.split("."):
-            before, after = before.get(part), after.get(part)
-        if isinstance(after, dict):
-            before = before if isinstance(before, dict) else {}
-            out += [(f"{key}.{k}", before.get(k), v) for k, v in after.items() if before.get(k) != v]
-        elif before != after:
-            out.append((key, before, after))
-    return out
+def watch(early: dict, eval_metrics: dict, t) -> bool:
+    """Early stopping: record one evaluation in `early` ({"best", "bad_evals", "stopped"}, saved with the
+    checkpoints). Returns True when train.early_stopping_metric improved on the best by more than min_delta;
+    after early_stopping_patience evaluations in a row without that, early["stopped"] is set."""
+    if t.early_stopping_metric not in eval_metrics:
+        raise ConfigError(f"train.early_stopping_metric: {t.early_stopping_metric!r} is not an evaluation metric "
+                          f"of this run; it has {', '.join(sorted(eval_metrics))}")
+    value, best, sign = eval_metrics[t.early_stopping_metric], early["best"], 1 if t.early_stopping_mode == "max" else -1
+    improved = best is None or sign * (value - best) > t.early_stopping_min_delta
+    early.update(best=value if improved else best, bad_evals=0 if improved else early["bad_evals"] + 1)
+    early["stopped"] = early["bad_evals"] >= t.early_stopping_patience
+    return improved
 
 
 @torch.no_grad()
@@ -557,14 +520,14 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
     return rewards
 
 
-def save_final(policy, out_dir: Path, ctx, tokenizer) -> Path:
-    """out_dir/final/: the policy in Hugging Face layout, written aside and renamed (a kill keeps the old one).
-    Every rank calls it (gathering FSDP shards is collective); rank 0 writes."""
-    final = out_dir / "final"
-    with atomic_dir(final) if ctx.is_main else contextlib.nullcontext() as folder:
-        checkpoint.save_hf(policy, folder, ctx, tokenizer)
+def save_final(policy, out_dir: Path, ctx, tokenizer, name: str = "final") -> Path:
+    """out_dir/final/ (or best/): the policy in Hugging Face layout, written aside and renamed (a kill keeps
+    the old one). Every rank calls it (gathering FSDP shards is collective); rank 0 writes."""
+    folder = out_dir / name
+    with atomic_dir(folder) if ctx.is_main else contextlib.nullcontext() as tmp:
+        checkpoint.save_hf(policy, tmp, ctx, tokenizer)
     distributed.barrier()
-    return final
+    return folder
 
 
 def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, final_dir: Path) -> str:
@@ -581,6 +544,12 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
                      + (f"reference {before:.3f} -> " if before is not None else "")
                      + f"policy {rewards['samples/reward_policy']:.3f}")
     return "\n".join(lines)
+
+
+def check_finite(loss: float, grad_norm: float, step: int, out_dir: Path) -> None:
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteLoss(f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping "
+                            f"without an update. The last good checkpoint is in {out_dir / 'checkpoints'}")
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:

@@ -15,6 +15,7 @@ a folder being deleted loses its trainer_state.json first. So a kill at any mome
 checkpoint on disk, and `latest_checkpoint` finds it even when `latest` names nothing (see there).
 Multi-node runs need out_dir on a filesystem every node sees (the optimizer shards are written by each rank).
 """
+import dataclasses
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
 )
 
+from dpo.config import ConfigError
 from dpo.distributed import Dist, barrier, unwrap
 from dpo.files import atomic_write
 from dpo.interop.hf_checkpoint import CheckpointError, save_pretrained
@@ -182,3 +184,40 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# A resumed run must continue the run its checkpoint belongs to: these settings must match (train.resume_changed).
+RESUME_KEYS = ("model", "reference", "data", "loss", "train.seed", "train.batch_size", "train.optimizer")
+
+
+def resume_point(config) -> Path:
+    """The checkpoint train.resume continues from: the latest complete one in train.out_dir, made with the
+    same model, data and loss settings (RESUME_KEYS) unless train.resume_changed says to go on anyway.
+    Anything else is a ConfigError saying what differs."""
+    out_dir = Path(config.train.out_dir)
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise ConfigError(f"train.resume: {out_dir / 'checkpoints'} holds no complete checkpoint to resume; "
+                          f"set train.resume=false to start a new run")
+    saved = read_trainer_state(path).get("config", {})
+    changed = [f"train.resume: {key} was {before!r} in {path}, is {after!r} now"
+               for key, before, after in changed_settings(saved, dataclasses.asdict(config))] if saved else []
+    if changed and not config.train.resume_changed:
+        raise ConfigError("\n".join(changed + ["train.resume: set train.resume_changed=true to resume anyway, "
+                                                "or use another train.out_dir"]))
+    return path
+
+
+def changed_settings(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in the checkpoint's config, value now) for every RESUME_KEYS setting that differs."""
+    out = []
+    for key in RESUME_KEYS:
+        before, after = saved, now
+        for part in key.split("."):
+            before, after = before.get(part), after.get(part)
+        if isinstance(after, dict):
+            before = before if isinstance(before, dict) else {}
+            out += [(f"{key}.{k}", before.get(k), v) for k, v in after.items() if before.get(k) != v]
+        elif before != after:
+            out.append((key, before, after))
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from dpo.errors import UserError
-from dpo.files import atomic_write
+from dpo.files import atomic_write, check_writable
 
 
 class ConfigError(UserError, ValueError):
@@ -83,6 +83,10 @@ class TrainConfig:
     sample_temperature: float = 1.0
     sample_reward: str = ""         # score samples with a reward: "" | quickstart (the built-in ground truth)
     log_every: int = 1              # in optimizer steps
+    early_stopping_patience: int = 0  # stop after this many evaluations in a row without improvement (0 = off)
+    early_stopping_metric: str = "loss/eval"  # the evaluation metric watched; its best model goes to out_dir/best/
+    early_stopping_mode: str = "min"  # min | max: whether lower or higher is better
+    early_stopping_min_delta: float = 0.0  # an improvement must be larger than this
     resume: bool = False            # continue from out_dir's latest checkpoint (one must exist)
     resume_changed: bool = False    # resume even if model / data / loss settings differ from the checkpoint's
     parallel: str = "auto"          # auto | none | ddp | fsdp (auto: ddp when world_size > 1)
@@ -171,6 +175,7 @@ CHOICES = {  # key -> the values it may take (validate)
     "train.mixed_precision": ("none", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.sample_reward": ("", "quickstart"),
+    "train.early_stopping_mode": ("min", "max"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -214,6 +219,10 @@ def validate(config: Config) -> None:
         ("train.save_every", t.save_every >= 0, ">= 0", t.save_every),
         ("train.sample_every", t.sample_every >= 0, ">= 0", t.sample_every),
         ("train.sample_prompts", t.sample_prompts >= 0, ">= 0", t.sample_prompts),
+        ("train.early_stopping_patience", t.early_stopping_patience >= 0 and (t.early_stopping_patience == 0 or
+                                                                               t.eval_every > 0),
+         ">= 0, and > 0 only with train.eval_every > 0", t.early_stopping_patience),
+        ("train.early_stopping_min_delta", t.early_stopping_min_delta >= 0, ">= 0", t.early_stopping_min_delta),
         ("train.sample_max_new_tokens", t.sample_max_new_tokens >= 1, ">= 1", t.sample_max_new_tokens),
         ("train.sample_temperature", t.sample_temperature >= 0, ">= 0 (0 = greedy)", t.sample_temperature),
         ("data.max_length", d.max_length >= 2, ">= 2", d.max_length),
@@ -279,3 +288,27 @@ def save_config(config, path) -> None:
     """Write the resolved config (any of these dataclasses) as YAML, atomically, so a run records exactly
     what it ran."""
     atomic_write(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def check_paths(config: Config) -> None:
+    """The folders a run reads and writes, checked before any work (all problems at once): out_dir is a
+    writable folder; model.name, reference and model.tokenizer exist (or model.name / reference are hub
+    names, fetched now); data.path exists."""
+    from dpo.interop.hub import resolve_model_dir
+    problems = []
+    try:
+        check_writable(config.train.out_dir, "train.out_dir", folder=True)
+    except UserError as e:
+        problems.append(str(e))
+    for key, name in (("model.name", config.model.name), ("reference", config.reference)):
+        try:
+            if name:
+                resolve_model_dir(name)
+        except FileNotFoundError as e:
+            problems.append(f"{key}: {e}")
+    for key, path in (("model.tokenizer", config.model.tokenizer), ("data.path", config.data.path),
+                      ("data.eval_path", config.data.eval_path)):
+        if path and not Path(path).exists():
+            problems.append(f"{key}: {path}: no such file or folder")
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -107,3 +107,10 @@ def throughput_metrics(policy, reference, last_batch: dict, n_micro_batches: int
                 unwrap(reference).flops_per_token(max_length, backward=False) if isinstance(reference, torch.nn.Module) else 0)
             out["mfu"] = flops * last_batch["input_ids"].numel() * n_micro_batches / elapsed / peak
     return out
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """The training progress bar (rank 0; DPO_NO_PROGRESS=1 turns it off)."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
+                disable=not enabled or os.environ.get("DPO_NO_PROGRESS") == "1")

@@ -1,8 +1,55 @@
 """dpo/files.py: a file or folder is replaced whole or not at all, and a failed write leaves the old one and
-no temporary behind."""
+no temporary behind; an output path is checked before any work.
+
+Also the two helpers every command's bad-input test uses (imported from here by tests/test_sample.py,
+tests/interop/*, tests/evaluate/*, ...): `bad_output_path` makes each kind of output path a command must
+refuse, `refused` runs a command's main(argv) and asserts the one-line refusal with nothing written."""
+import os
+from pathlib import Path
+
 import pytest
 
-from dpo.files import atomic_dir, atomic_path, atomic_write
+from dpo.errors import UserError
+from dpo.files import atomic_dir, atomic_path, atomic_write, check_writable
+
+OUTPUT_CASES = ("a folder", "a file", "under a file", "read-only")
+
+
+def bad_output_path(root: Path, case: str, monkeypatch) -> Path:
+    """An output path under `root` that no command may write: an existing folder where a file goes, a file
+    where a folder goes, a path under a file, one in a folder this process may not write in (mode 555, and
+    os.access says so even to root)."""
+    if case == "a folder":
+        (root / "folder").mkdir(parents=True)
+        return root / "folder"
+    if case in ("a file", "under a file"):
+        (root / "file").write_text("x")
+        return root / "file" if case == "a file" else root / "file" / "out"
+    folder = root / "read-only"
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: access(p, mode, **kw) and not (
+        Path(p) == folder and mode & os.W_OK))
+    return folder / "out"
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def refused(main, argv: list, capsys, root: Path, *named) -> str:
+    """Run a command's main(argv) on a bad input: exit status 1, exactly one line on stderr, `error: ...`,
+    no traceback, naming each of `named`, and nothing under `root` written, changed or removed (no .tmp,
+    .part or half a result). Returns the line."""
+    capsys.readouterr()
+    before = _tree(root)
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert all(str(name) in err for name in named), (named, err)
+    assert _tree(root) == before
+    return err.strip()
 
 
 def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path):
@@ -34,3 +81,25 @@ def test_atomic_dir_replaces_a_folder_whole(tmp_path):
     with atomic_dir(out) as tmp:  # the next call clears the leftover .tmp and replaces the folder
         (tmp / "z").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["z"] and not (tmp_path / "final.tmp").exists()
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+def test_check_writable_refuses_before_writing(tmp_path, monkeypatch, case, folder):
+    path = bad_output_path(tmp_path, case, monkeypatch)
+    expected = {"a folder": "is a folder; expected a file path", "a file": "is a file; expected a folder",
+                "under a file": f"{tmp_path / 'file'} is a file, not a folder",
+                "read-only": f"cannot write in folder {tmp_path / 'read-only'}"}[case]
+    if (case, folder) in (("a folder", True), ("a file", False)):  # what is expected there
+        assert check_writable(path, "--out", folder=folder) == path
+        return
+    with pytest.raises(UserError) as e:
+        check_writable(path, "--out", folder=folder)
+    assert str(e.value).startswith(f"--out {path}: ") and expected in str(e.value)
+
+
+def test_check_writable_accepts_new_paths_and_creates_nothing(tmp_path):
+    assert check_writable(tmp_path / "a" / "b" / "c.json", "--out") == tmp_path / "a" / "b" / "c.json"
+    assert check_writable(str(tmp_path / "new"), "--out", folder=True) == tmp_path / "new"
+    assert check_writable("relative.json", "--out") == Path("relative.json")
+    assert list(tmp_path.iterdir()) == []

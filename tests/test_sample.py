@@ -16,6 +16,7 @@ from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer
 from helpers import byte_tokenizer
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 256
@@ -273,7 +274,7 @@ def test_cli_samples(checkpoint, tmp_path):
     assert [rows[0], rows[11]] == expected
 
 
-def test_cli_bad_prompt_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
+def test_cli_bad_prompt_file_is_a_one_line_error(checkpoint, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": \n')
     result = cli("--model", checkpoint, "--prompts", bad, "--out", tmp_path / "o.jsonl", "--device", "cpu",
@@ -282,8 +283,37 @@ def test_cli_bad_prompt_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {bad}:2: invalid JSON (Expecting value at column 1)"]
     assert not (tmp_path / "o.jsonl").exists()
-    # in-process (no interpreter start-up): argument checks
-    assert sample.main(["--model", str(checkpoint), "--prompts", str(bad), "--out", "o.jsonl", "--top-p", "1.5"]) == 1
-    assert capsys.readouterr().err.strip() == "error: --top-p must be in (0, 1], got 1.5"
-    assert sample.main(["--model", str(tmp_path / "nope"), "--prompts", str(bad), "--out", "o.jsonl"]) == 1
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such checkpoint folder"
+
+
+@pytest.mark.parametrize("case", [*OUTPUT_CASES, "missing prompts", "malformed prompts", "bad --top-p",
+                                  "bad --reward", "missing model", "out of other settings", "malformed out"])
+def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, monkeypatch, capsys, case):
+    """Output paths are checked before the model is loaded (an existing folder as --out used to sample
+    everything, then fail and leave .tmp and .rank0.part files); every bad input is one line."""
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "s.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
+    model, extra, named = checkpoint, [], [out]
+    if case in OUTPUT_CASES:
+        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        if case == "a file":  # a file is a fine --out; under --best-of its .candidates.jsonl is a folder
+            out.with_name("file.candidates.jsonl").mkdir()
+            extra, named = ["--best-of", 2, "--reward", "quickstart"], [out.with_name("file.candidates.jsonl")]
+    elif case == "missing prompts":
+        prompts = named[0] = tmp_path / "nope.jsonl"
+    elif case == "malformed prompts":
+        prompts.write_text('{"prompt": "ok"}\n["a list"]\n')
+        named = [f"{prompts}:2: expected a JSON object, got list"]
+    elif case == "bad --top-p":
+        extra, named = ["--top-p", 1.5], ["error: --top-p must be in (0, 1], got 1.5"]
+    elif case == "bad --reward":
+        extra, named = ["--best-of", 2, "--reward", "classifier:" + str(tmp_path / "nope")], [tmp_path / "nope"]
+    elif case == "missing model":
+        model = named[0] = tmp_path / "no-model"
+    elif case == "out of other settings":
+        out.write_text(json.dumps({"prompt_id": 0, "sample_index": 0, **SETTINGS}) + "\n")
+        named = [out, "model='tiny', this run has model="]
+    else:
+        out.write_text('{"prompt_id": 0, "sample_index": 0}\n{"prompt_id": 1}\n')
+        named = [f"{out}:2: not a samples row"]
+    refused(sample.main, ["--model", model, "--prompts", prompts, "--out", out, "--max-new-tokens", 8, *extra],
+            capsys, tmp_path, *named)

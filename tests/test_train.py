@@ -457,3 +457,28 @@ def test_kill_and_resume_equals_an_uninterrupted_run(base_model, tmp_path, monke
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(metrics_lines(tmp_path / "full")) == strip(metrics_lines(killed))
     assert (tmp_path / "full" / "samples.jsonl").read_bytes() == (killed / "samples.jsonl").read_bytes()
+
+
+def test_early_stopping_keeps_the_best_and_resumes_the_count(base_model, tmp_path, monkeypatch):
+    """loss/eval falls at every step here, so watching it with mode=max sees one improvement (the first
+    evaluation) and then none: with patience 2 the run stops after step 3 of 8, best/ holds step 1's policy,
+    final/ step 3's; a run killed after step 2 and resumed stops at the same place with the same weights."""
+    settings = ("train.max_examples=64", "train.eval_every=1", "train.save_every=1", "train.early_stopping_patience=2",
+                "train.early_stopping_mode=max")
+    run(base_model, tmp_path / "full", *settings)
+    full = tmp_path / "full"
+    assert [r["counters/updates"] for r in metrics_lines(full) if "counters/updates" in r] == [1, 2, 3]
+    step_1 = load_file(full / "checkpoints" / "step-000001" / "model.safetensors")
+    assert_weights_close(load_file(full / "best" / "model.safetensors"), step_1, 0.0)
+    assert_weights_close(final_weights(full), load_file(full / "checkpoints" / "step-000003" / "model.safetensors"),
+                         0.0)
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill(m, "after the step-2 checkpoint")
+        with pytest.raises(Killed):
+            run(base_model, killed, *settings)
+    run(base_model, killed, *settings, "train.resume=true")
+    assert_weights_close(final_weights(full), final_weights(killed), 0.0)
+    run(base_model, killed, *settings, "train.resume=true")  # a stopped run stays stopped
+    assert [r["counters/updates"] for r in metrics_lines(killed) if "counters/updates" in r] == [1, 2, 3]
+    assert train.main(overrides(base_model, tmp_path / "x", "train.early_stopping_patience=2")) == 1  # no eval_every
