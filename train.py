@@ -316,9 +316,20 @@ def lr_factor(step: int, config: Config, total_steps: int) -> float:
 
 
 def autocast(config: Config, ctx: distributed.Dist):
-    """bf16 autocast without FSDP (FSDP2 casts through its MixedPrecisionPolicy instead)."""
-    enabled = config.train.mixed_precision == "bf16" and parallel_mode(config, ctx) != "fsdp"
-    return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 / fp16 autocast without FSDP (FSDP2 casts through its MixedPrecisionPolicy instead)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
+    return torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None and parallel_mode(config, ctx) != "fsdp")
+
+
+def grad_scaler(config: Config, ctx: distributed.Dist, mode: str):
+    """fp16's dynamic loss scaling (a no-op otherwise): the loss is multiplied by a scale so that small fp16
+    gradients do not flush to zero; a step whose gradients hold inf/NaN is skipped and the scale halves, and
+    it doubles after 2,000 good steps. Under FSDP2 the ranks agree on skipping (ShardedGradScaler)."""
+    enabled = config.train.mixed_precision == "fp16"
+    if enabled and mode == "fsdp":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(ctx.device.type)
+    return torch.amp.GradScaler(ctx.device.type, enabled=enabled)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -352,7 +363,8 @@ def train(config: Config) -> dict:
                               activation_checkpointing=t.activation_checkpointing, cpu_offload=t.cpu_offload)
     optimizer = make_optimizer(policy, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, schedule.n_steps))
-    state = restore(resume_from, policy, optimizer, scheduler, schedule, ctx)
+    scaler = grad_scaler(config, ctx, mode)
+    state = restore(resume_from, policy, optimizer, scheduler, scaler, schedule, ctx)
     step, examples_seen, saved_step = state["step"], state["examples"], state["step"]
     early = state.get("early_stopping", {"best": None, "bad_evals": 0, "stopped": False})
     log = RunLog(out_dir, dataclasses.asdict(config), config.wandb, enabled=ctx.is_main, resume=resume_from is not None)
@@ -368,7 +380,7 @@ def train(config: Config) -> dict:
     def checkpoint_now():
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
                          "scheduler": scheduler.state_dict(), "log_lines": log.line_counts(),
-                         "early_stopping": early, "config": dataclasses.asdict(config)}
+                         "early_stopping": early, "scaler": scaler.state_dict(), "config": dataclasses.asdict(config)}
         checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
 
     progress = progress_bar(schedule.n_steps, step, enabled=ctx.is_main)
@@ -382,20 +394,17 @@ def train(config: Config) -> dict:
                 example_losses, metrics = step_fn(policy, train_reference, batch, config)
                 # sum / per-rank batch: k micro-batches add up to the mean over the rank's share, and
                 # DDP / FSDP average the ranks' gradients: the mean over the global batch.
-                (example_losses.sum() / per_rank_batch).backward()
+                scaler.scale(example_losses.sum() / per_rank_batch).backward()
             for name, values in metrics.items():
                 sums[name] = sums.get(name, 0) + values.detach().float().sum()
             tokens += batch["attention_mask"].sum()
-        grad_norm = clip_grad_norm(policy, t.max_grad_norm)
         metrics = distributed.all_reduce_mean(sums, torch.tensor(float(per_rank_batch), device=ctx.device))
-        check_finite(metrics["loss/train"], grad_norm, step + 1, out_dir)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = update(policy, optimizer, scheduler, scaler, metrics["loss/train"], step + 1, config)
         step, examples_seen = step + 1, examples_seen + t.batch_size
 
         if step % t.log_every == 0 or step == schedule.n_steps:
             metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], **{"counters/updates": step},
+                           **({"loss_scale": scaler.get_scale()} if scaler.is_enabled() else {}),
                            **throughput_metrics(policy, train_reference, batch, len(micro_batches), tokens, t.batch_size,
                                                 time.perf_counter() - start, ctx, config.data.max_length))
             log.log(metrics, examples_seen)
@@ -440,14 +449,16 @@ def check_run(config: Config, ctx: distributed.Dist, out_dir: Path):
     return resume_from
 
 
-def restore(resume_from, policy, optimizer, scheduler, schedule, ctx) -> dict:
-    """The trainer state: {"step": 0, "examples": 0} for a new run; on resume the optimizer, RNG, data position
-    and schedule come back from the checkpoint (its weights were loaded when the policy was built)."""
+def restore(resume_from, policy, optimizer, scheduler, scaler, schedule, ctx) -> dict:
+    """The trainer state: {"step": 0, "examples": 0} for a new run; on resume the optimizer, RNG, data position,
+    schedule and loss scale come back from the checkpoint (its weights were loaded when the policy was built)."""
     if resume_from is None:
         return {"step": 0, "examples": 0}
     state = checkpoint.load_training_state(resume_from, policy, optimizer, ctx)
     schedule.load_state_dict(state["data"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     if ctx.is_main:
         print(f"resumed from {resume_from} at step {state['step']} ({state['examples']} examples)", flush=True)
     return state
@@ -546,10 +557,20 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
     return "\n".join(lines)
 
 
-def check_finite(loss: float, grad_norm: float, step: int, out_dir: Path) -> None:
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+def update(policy, optimizer, scheduler, scaler, loss: float, step: int, config: Config) -> float:
+    """Clip the gradient, check the step is finite, take the optimizer and schedule steps; returns the
+    gradient norm before clipping. A NaN/inf loss or gradient norm stops the run before the update; under
+    fp16 an overflowing gradient is expected now and then: the scaler skips that step and lowers the scale."""
+    scaler.unscale_(optimizer)  # (no-op without fp16)
+    grad_norm = clip_grad_norm(policy, config.train.max_grad_norm)
+    if not (math.isfinite(loss) and (scaler.is_enabled() or math.isfinite(grad_norm))):
         raise NonFiniteLoss(f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping "
-                            f"without an update. The last good checkpoint is in {out_dir / 'checkpoints'}")
+                            f"without an update. The last good checkpoint is in {config.train.out_dir}/checkpoints")
+    scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:

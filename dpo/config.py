@@ -90,7 +90,7 @@ class TrainConfig:
     resume: bool = False            # continue from out_dir's latest checkpoint (one must exist)
     resume_changed: bool = False    # resume even if model / data / loss settings differ from the checkpoint's
     parallel: str = "auto"          # auto | none | ddp | fsdp (auto: ddp when world_size > 1)
-    mixed_precision: str = "none"   # none | bf16 (autocast / FSDP2 MixedPrecisionPolicy)
+    mixed_precision: str = "none"   # none | bf16 | fp16 (autocast / FSDP2 MixedPrecisionPolicy; fp16 scales the loss)
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     compile: bool = False
@@ -172,7 +172,7 @@ CHOICES = {  # key -> the values it may take (validate)
     "train.optimizer": ("rmsprop", "adamw", "sgd"),
     "train.schedule": ("constant", "linear", "cosine"),
     "train.parallel": ("auto", "none", "ddp", "fsdp"),
-    "train.mixed_precision": ("none", "bf16"),
+    "train.mixed_precision": ("none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.sample_reward": ("", "quickstart"),
     "train.early_stopping_mode": ("min", "max"),
@@ -196,10 +196,18 @@ def validate(config: Config) -> None:
             problems.append(f"{key}: expected one of {' | '.join(a or repr(a) for a in allowed)}, got {value!r}")
     if c.data.format not in FORMATS:
         problems.append(f"data.format: expected one of {' | '.join(FORMATS)}, got {c.data.format!r}")
-    if c.train.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            problems.append("train.device: cuda asked for, but no CUDA device is available (use auto or cpu)")
+    import torch
+    if c.train.device == "cuda" and not torch.cuda.is_available():
+        problems.append("train.device: cuda asked for, but no CUDA device is available (use auto or cpu)")
+    if c.train.mixed_precision == "fp16":
+        if c.model.dtype != "float32":  # loss scaling unscales fp32 gradients of fp32 weights
+            problems.append(f"train.mixed_precision: fp16 needs model.dtype float32 (fp32 weights, fp16 compute), "
+                            f"got {c.model.dtype}")
+        device = "cuda" if c.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+        if not torch.amp.autocast_mode.is_autocast_available(device) or (
+                device == "cpu" and not fp16_autocast_on_cpu()):
+            problems.append(f"train.mixed_precision: fp16 autocast is not available on {device} with torch "
+                            f"{torch.__version__}; use bf16 or none")
     t, d, m, loss = c.train, c.data, c.model, c.loss
     ranges = [
         ("loss.beta", loss.beta > 0, "> 0", loss.beta), ("loss.label_smoothing", 0 <= loss.label_smoothing < 1,
@@ -254,6 +262,15 @@ def validate(config: Config) -> None:
     problems += [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def fp16_autocast_on_cpu() -> bool:
+    """Whether this torch computes a CPU matmul in fp16 under autocast (older versions warn and run fp32)."""
+    import warnings
+    import torch
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.float16):
+        warnings.simplefilter("ignore")
+        return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
 
 
 def load_config(path: str | None = None, overrides: list[str] = (), cls=Config):

@@ -110,8 +110,8 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
 
     fsdp = FSDP2 `fully_shard` on every transformer block and then on the root, so each rank holds 1/N of
     the parameters, gradients and optimizer state. The weights come from rank 0 (the other ranks may pass
-    a model built on the meta device, so host memory does not grow with the number of ranks); with mixed_precision=bf16 the forward/backward run in
-    bf16 while parameters and the gradient reduction stay fp32. The frozen reference model (trainable=False)
+    a model built on the meta device, so host memory does not grow with the number of ranks); with mixed_precision
+    bf16 (fp16) the forward/backward run in bf16 (fp16) while parameters and the gradient reduction stay fp32. The frozen reference model (trainable=False)
     is sharded the same way under fsdp and left unwrapped under ddp (it has no gradients to sync)."""
     model.activation_checkpointing = activation_checkpointing and trainable
     if mode == "ddp":
@@ -124,8 +124,8 @@ def wrap(model: nn.Module, mode: str, ctx: Dist, *, mixed_precision: str = "none
         # Only rank 0 holds real weights (the other ranks may build the model on the meta device): keep them
         # aside, shard, allocate the shards, then broadcast rank 0's weights shard by shard.
         full_state = model.state_dict() if ctx.is_main else {}
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if mixed_precision == "bf16" else MixedPrecisionPolicy()
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32) if low else MixedPrecisionPolicy()
         offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
         # an explicit mesh on our device type: left alone, FSDP2 picks CUDA whenever it is available,
         # even for a gloo run on CPU

@@ -12,6 +12,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from dpo.interop.bpe import LLAMA3_PATTERN, QWEN2_PATTERN, bytes_to_unicode
 from dpo.tokenizer import Tokenizer, TokenizerError, train_sentencepiece
+from dpo.tokenizer import main as tokenizer_main
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped fixtures need it)
@@ -294,14 +296,37 @@ def test_train_cli(sp_model, tmp_path):
     assert str(tmp_path / "cli" / "tok.model") in run.stdout
     assert Tokenizer.from_pretrained(tmp_path / "cli" / "tok.model").vocab_size == 350
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["tok.model", "tok.vocab"]  # no temporaries
-    missing = tmp_path / "nope.txt"
-    run = subprocess.run([sys.executable, "-m", "dpo.tokenizer", "train", "--input", str(missing), "--vocab-size",
-                          "350", "--out", str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode != 0
-    assert run.stderr.strip().count("\n") == 0 and str(missing) in run.stderr
     with pytest.raises(TokenizerError, match="vocab"):
         train_sentencepiece([corpus], tmp_path / "tiny", vocab_size=50)  # < 256 byte pieces
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny")]  # a failed training leaves nothing
+
+
+@pytest.mark.parametrize("case", [*OUTPUT_CASES, "missing input", "empty input", "bad --vocab-size",
+                                  "bad --character-coverage", "vocab too large for the text"])
+def test_train_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    """--out is checked before training (--out under a file used to end in a traceback); bad inputs and
+    options, and SentencePiece's own refusals, are one line naming the file or option."""
+    corpus, out, extra = tmp_path / "corpus.txt", tmp_path / "tok", []
+    corpus.write_text("the cat sat on the mat\n" * 20)
+    named = [corpus]
+    if case in OUTPUT_CASES:
+        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        if case == "a file":  # a file is a fine prefix; its PREFIX.model must not be a folder
+            out.with_name("file.model").mkdir()
+            named[0] = out.with_name("file.model")
+    elif case == "missing input":
+        corpus = named[0] = tmp_path / "nope.txt"
+    elif case == "empty input":
+        corpus.write_text("")
+        named = [f"{corpus}: input file is empty"]
+    elif case == "bad --vocab-size":
+        extra, named = ["--vocab-size", 0], ["vocab_size must be >= 1, got 0"]
+    elif case == "bad --character-coverage":
+        extra, named = ["--character-coverage", 1.5], ["character_coverage must be in (0, 1], got 1.5"]
+    else:
+        extra, named = ["--vocab-size", 100_000], [corpus, "Vocabulary size too high (100000)"]
+    refused(tokenizer_main, ["train", "--input", corpus, "--vocab-size", 300, "--out", out, *extra], capsys,
+            tmp_path, *named)
 
 
 # ---------------------------------------------------------------------------------------------------

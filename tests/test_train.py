@@ -289,7 +289,7 @@ BAD_INPUTS = {  # name: (overrides or a function of (base_model, tmp_path) givin
     "negative lr": (["train.lr=-1"], "train.lr"),
     "negative beta": (["loss.beta=-0.1"], "loss.beta"),
     "schedule typo": (["train.schedule=cosinee"], "train.schedule"),
-    "fp16": (["train.mixed_precision=fp16"], "train.mixed_precision"),
+    "fp16 on bf16 weights": (["train.mixed_precision=fp16", "model.dtype=bfloat16"], "train.mixed_precision"),
     "loss option typo": (["loss.options={lable_smoothing: 0.1}"], "lable_smoothing"),
     "micro batch": (["train.micro_batch_size=3"], "train.micro_batch_size"),
     "max_length above the context": (["data.max_length=100"], "data.max_length"),
@@ -318,8 +318,6 @@ def test_bad_input_is_one_clear_line(base_model, tmp_path, capsys, case):
     extra, named = BAD_INPUTS[case]
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "empty.jsonl").write_text("")
-    if case == "fp16" and torch.cuda.is_available():
-        pytest.skip("fp16 is a GPU feature")
     out = tmp_path / "run"
     code = train.main(overrides(base_model, out, *(extra(base_model, tmp_path) if callable(extra) else extra)))
     err = capsys.readouterr().err.strip().splitlines()
@@ -482,3 +480,34 @@ def test_early_stopping_keeps_the_best_and_resumes_the_count(base_model, tmp_pat
     run(base_model, killed, *settings, "train.resume=true")  # a stopped run stays stopped
     assert [r["counters/updates"] for r in metrics_lines(killed) if "counters/updates" in r] == [1, 2, 3]
     assert train.main(overrides(base_model, tmp_path / "x", "train.early_stopping_patience=2")) == 1  # no eval_every
+
+
+def test_fp16_loss_scaling_skips_overflowing_steps(base_model, tmp_path, monkeypatch):
+    """A scale so large that the fp16 gradients overflow: each step is skipped (weights untouched) and the
+    scale halves; the run neither stops nor updates."""
+    monkeypatch.setattr(train, "grad_scaler", lambda config, ctx, mode: torch.amp.GradScaler("cpu", init_scale=2.0**60))
+    run(base_model, tmp_path / "run", "train.mixed_precision=fp16", "train.max_examples=16")
+    assert [r["loss_scale"] for r in metrics_lines(tmp_path / "run") if "loss_scale" in r] == [2.0**59, 2.0**58]
+    assert_weights_close(final_weights(tmp_path / "run"), load_file(base_model / "model.safetensors"), 0.0)
+
+
+def test_fp16_trains_and_resumes_exactly(base_model, tmp_path, monkeypatch):
+    settings = ("train.mixed_precision=fp16", "train.max_examples=32", "train.save_every=1")
+    first = run(base_model, tmp_path / "full", *settings)
+    lines = metrics_lines(tmp_path / "full")
+    assert math.isfinite(first["loss/eval"]) and [r["loss_scale"] for r in lines if "loss_scale" in r] == [65536.0] * 4
+    assert lines[-1]["loss/eval"] < math.log(2)  # it learns (step 0 is ln 2)
+    with monkeypatch.context() as m:
+        kill(m, "after the step-2 checkpoint")
+        with pytest.raises(Killed):
+            run(base_model, tmp_path / "killed", *settings)
+    run(base_model, tmp_path / "killed", *settings, "train.resume=true")
+    assert_weights_close(final_weights(tmp_path / "full"), final_weights(tmp_path / "killed"), 0.0)
+
+
+def test_fp16_under_fsdp2_runs_with_a_sharded_scaler(base_model, tmp_path):
+    torchrun(tmp_path / "fsdp", base_model, "train.micro_batch_size=4", "train.parallel=fsdp",
+             "train.mixed_precision=fp16")
+    lines = metrics_lines(tmp_path / "fsdp")
+    assert [r["loss_scale"] for r in lines if "loss_scale" in r] == [65536.0] * 3
+    assert all(math.isfinite(r["loss/train"]) for r in lines if "loss/train" in r)

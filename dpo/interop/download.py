@@ -50,7 +50,6 @@ def download(url: str, dest, *, expected_size: int | None = None, headers: dict 
     dest = Path(dest)
     if dest.is_file() and (expected_size is None or dest.stat().st_size == expected_size):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     headers = headers or {}
     for attempt in range(retries + 1):
@@ -65,6 +64,7 @@ def download(url: str, dest, *, expected_size: int | None = None, headers: dict 
             total = offset + int(length) if length is not None else expected_size
             if expected_size is not None and total is not None and total != expected_size:
                 raise DownloadError(f"{url}: server reports {total} bytes, expected {expected_size}")
+            dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no folder
             with open(part, "ab" if offset else "wb") as f, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc or dest.name, disable=os.environ.get("DPO_NO_PROGRESS") == "1",

@@ -11,6 +11,8 @@ import pytest
 
 from dpo import data
 from dpo.interop import datasets
+from helpers import byte_tokenizer
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = '{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
@@ -29,6 +31,36 @@ def test_cli_exits_nonzero_with_one_line_error(tmp_path):
     missing = subprocess.run(command + ["imdb", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 1 and "neither an aclImdb folder" in missing.stderr
     assert "python -m dpo.interop.datasets download imdb" in missing.stderr  # the hint names this command
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "missing file", "malformed file",
+                                  "missing tokenizer", "bad --limit", "bad --max-length"])
+def test_bad_input_is_one_line_and_writes_nothing(http_server, tmp_path, monkeypatch, capsys, case):
+    """download --out is checked before anything is fetched; summary's bad inputs name the file or option."""
+    serve(http_server, "tldr")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(GOOD)
+    argv, named = ["summary", "preference_jsonl", path], [path]
+    if case in OUTPUT_CASES:
+        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        argv = ["download", "tldr", "--out", out, "--base-url", http_server.url]
+    elif case == "missing file":
+        argv[2] = named[0] = tmp_path / "nope.jsonl"
+    elif case == "malformed file":
+        path.write_text(GOOD + '{"prompt": "p", "chosen": "c", "rejected": 3}\n')
+        named = [f"{path}:2: key 'rejected' must be str, got int"]
+    elif case == "missing tokenizer":
+        argv += ["--tokenizer", tmp_path / "no-tokenizer"]
+        named = [tmp_path / "no-tokenizer"]
+    elif case == "bad --limit":
+        argv += ["--limit", -1]
+        named = ["--limit must be >= 0 (0: every example), got -1"]
+    else:
+        byte_tokenizer().save_pretrained(tmp_path / "tok")
+        argv += ["--tokenizer", tmp_path / "tok", "--max-length", 0]
+        named = ["max_length", "got 256 and 0"]
+    refused(datasets.main, argv, capsys, tmp_path, *named)
+    assert not [r for r in http_server.requests if r[0].endswith(".jsonl")]  # nothing fetched
 
 
 def test_summary_cli_prints_counts(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 
 from dpo.interop import gguf
 from dpo.interop.gguf import GGUFError, dequantize, load_gguf, read_gguf
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 # ----------------------------------------------------------------------------------------------------
 # A test-only GGUF writer
@@ -566,6 +567,29 @@ def test_cli_info_and_errors(tmp_path, capsys):
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all, really")
     assert gguf.main(["convert", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "o")]) == 1
     assert "bad.gguf: not a GGUF file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "missing file", "a folder as input",
+                                  "truncated file", "not llama"])
+def test_convert_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    """--out is checked before the file is read; a bad file is one line naming it, and leaves no folder."""
+    path, out = llama_to_gguf(tiny_llama(), tmp_path / "t.gguf"), tmp_path / "converted"
+    named = [path]
+    if case in OUTPUT_CASES:
+        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+    elif case == "missing file":
+        path = named[0] = tmp_path / "nope.gguf"
+    elif case == "a folder as input":
+        path = tmp_path / "dir.gguf"
+        path.mkdir()
+        named = [f"{path}: is a folder, not a GGUF file"]
+    elif case == "truncated file":
+        path.write_bytes(path.read_bytes()[:-100])
+        named = [f"{path}: tensor 'output.weight' needs bytes", "(truncated file?)"]
+    else:
+        write_gguf(path, {"general.architecture": "gpt2"}, {"token_embd.weight": (np.ones((4, 32), np.float32), "F32")})
+        named = [f"{path}: general.architecture is 'gpt2'"]
+    refused(gguf.main, ["convert", path, "--out", out], capsys, tmp_path, *named)
 
 
 # ----------------------------------------------------------------------------------------------------

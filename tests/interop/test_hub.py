@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpo.interop.hub import HubError, hub_cache_dir, main, snapshot_download
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 REPO = "tiny-org/tiny-model"
 
@@ -174,6 +175,32 @@ def test_cli_prints_the_local_folder(http_server, tmp_path, capsys):
     assert out == str(tmp_path / "c" / "hub" / "tiny-org--tiny-model" / "main")
     assert main(["download", "other/repo", "--cache-dir", str(tmp_path / "c")]) == 1
     assert "other/repo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "invalid repo id", "missing repo",
+                                  "unreachable endpoint"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(http_server, tmp_path, monkeypatch, capsys, case):
+    """--cache-dir is checked before anything is fetched; a bad repo id or endpoint is one line naming it."""
+    serve(http_server, {"config.json": CONFIG, "model.safetensors": WEIGHTS})
+    monkeypatch.setenv("DPO_HF_ENDPOINT", http_server.url)
+    repo, cache = REPO, tmp_path / "cache-dir"
+    named = [repo]
+    if case in OUTPUT_CASES:
+        cache = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+    elif case == "invalid repo id":
+        repo = "org/../x"
+        named = ["invalid Hugging Face repo id 'org/../x'"]
+    elif case == "missing repo":
+        repo = named[0] = "tiny-org/absent"
+        named.append("has no config.json")
+    else:
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("DPO_HF_ENDPOINT", dead := f"http://127.0.0.1:{s.getsockname()[1]}")
+        named += [dead, "may be offline"]
+    refused(main, ["download", repo, "--cache-dir", cache], capsys, tmp_path, *named)
+    assert http_server.requests == ([("/tiny-org/absent/resolve/main/config.json", None, None)]
+                                    if case == "missing repo" else [])
 
 
 def test_cli_module_entry_point(tmp_path):
