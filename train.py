@@ -596,10 +596,10 @@ def main(argv=None) -> int:
                 break
             config = load_config(config.next_config)
     except RuntimeError as e:  # a collective broke because another rank stopped; that rank printed why
-        peer_gone = isinstance(e, torch.distributed.DistBackendError) or "closed by peer" in str(e) \
-            or "reset by peer" in str(e)
-        if peer_gone and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise PeerFailed(str(e)) from None
+        transport = isinstance(e, torch.distributed.DistBackendError) or any(
+            word in str(e) for word in ("gloo", "NCCL", "by peer", "Broken pipe"))
+        if transport and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise PeerFailed("a collective failed: another rank stopped (its error is above)") from None
         raise
     finally:
         distributed.teardown()

@@ -5,8 +5,8 @@ UserError whose message is one line naming the file, line or key and what was ex
 main() is wrapped by `entry_point`: a UserError or an OSError (a path that is a file, a read-only folder,
 a full disk) is printed as `error: ...` on stderr, one line per problem (prefixed `rank N:` under torchrun),
 with exit status 1; anything else is a bug and keeps its traceback. DPO_TRACEBACK=1 shows user errors'
-tracebacks too. Under torchrun a failure on one rank is reported by that rank alone: the others stop with
-PeerFailed, quietly (dpo.distributed.fail_together).
+tracebacks too. Under torchrun a failure on one rank is reported by that rank alone; the others stop with
+PeerFailed and say only that (`rank 0: stopped: rank 1 failed`; dpo.distributed.fail_together).
 """
 import functools
 import os
@@ -19,7 +19,7 @@ class UserError(Exception):
 
 
 class PeerFailed(UserError):
-    """Another torchrun rank failed and reported why; this one stops without a word."""
+    """Another torchrun rank failed and reported why; this one only says that it stops."""
 
 
 def error_lines(e: BaseException) -> str:
@@ -38,7 +38,9 @@ def entry_point(main):
         except (UserError, OSError) as e:
             if os.environ.get("DPO_TRACEBACK") == "1":
                 raise
-            if not isinstance(e, PeerFailed):
+            if isinstance(e, PeerFailed):  # not this rank's error: say only why it stops
+                print(f"rank {os.environ.get('RANK', 0)}: stopped: {e}", file=sys.stderr, flush=True)
+            else:
                 print(error_lines(e), file=sys.stderr, flush=True)
             return 1
     return wrapper

@@ -294,10 +294,11 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, monkeypa
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
     model, extra, named = checkpoint, [], [out]
     if case in OUTPUT_CASES:
-        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --out {out}: "]  # refused by the check before any work, not by a failed write
         if case == "a file":  # a file is a fine --out; under --best-of its .candidates.jsonl is a folder
             out.with_name("file.candidates.jsonl").mkdir()
-            extra, named = ["--best-of", 2, "--reward", "quickstart"], [out.with_name("file.candidates.jsonl")]
+            extra, named = ["--best-of", 2, "--reward", "quickstart"], [f"--out {tmp_path / 'file.candidates.jsonl'}: "]
     elif case == "missing prompts":
         prompts = named[0] = tmp_path / "nope.jsonl"
     elif case == "malformed prompts":

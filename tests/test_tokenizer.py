@@ -310,10 +310,11 @@ def test_train_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatc
     corpus.write_text("the cat sat on the mat\n" * 20)
     named = [corpus]
     if case in OUTPUT_CASES:
-        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --out {out}: "]  # refused by the check before any work, not by a failed write
         if case == "a file":  # a file is a fine prefix; its PREFIX.model must not be a folder
             out.with_name("file.model").mkdir()
-            named[0] = out.with_name("file.model")
+            named = [f"error: --out {tmp_path / 'file.model'}: "]
     elif case == "missing input":
         corpus = named[0] = tmp_path / "nope.txt"
     elif case == "empty input":
@@ -325,7 +326,7 @@ def test_train_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatc
         extra, named = ["--character-coverage", 1.5], ["character_coverage must be in (0, 1], got 1.5"]
     else:
         extra, named = ["--vocab-size", 100_000], [corpus, "Vocabulary size too high (100000)"]
-    refused(tokenizer_main, ["train", "--input", corpus, "--vocab-size", 300, "--out", out, *extra], capsys,
+    refused(tokenizer_main, ["train", "--input", corpus, "--vocab-size", 270, "--out", out, *extra], capsys,
             tmp_path, *named)
 
 

@@ -388,9 +388,12 @@ def test_one_failing_rank_prints_one_line_and_nobody_hangs(base_model, tmp_path,
     assert proc.returncode != 0
     err = {path.parent.name: path.read_text() for path in logs.rglob("stderr.log")}
     assert sorted(err) == ["0", "1"], err
-    assert [line for line in err["1"].splitlines() if "error" in line.lower()] == [
+    assert [line for line in err["1"].splitlines() if "error:" in line] == [
         f"rank 1: error: data.jsonl:{3 if when == 'start' else 7}: a record only rank 1 reads is broken"]
-    assert "Traceback" not in err["0"] + err["1"] and "error" not in err["0"].lower(), err["0"]
+    assert "Traceback" not in err["0"] + err["1"] and "error:" not in err["0"], err["0"]
+    assert [line for line in err["0"].splitlines() if line.startswith("rank 0:")] == [
+        "rank 0: stopped: rank 1 failed" if when == "start" else
+        "rank 0: stopped: a collective failed: another rank stopped (its error is above)"], err["0"]
 
 
 class Killed(BaseException):

@@ -13,6 +13,7 @@ from dpo.reward_model import RewardModel
 from dpo.evaluate.rewards import load_scorer
 from dpo.interop.bpe import bytes_to_unicode
 from dpo.tokenizer import Tokenizer
+from test_files import bad_output_path, refused
 
 EOS = 256
 
@@ -66,3 +67,30 @@ def test_sample_py_best_of(tmp_path, capsys):
         assert b["completion"] == mine[b["best_sample_index"]]["completion"]
     assert sample.main(args[:-6] + ["--best-of", "4"]) == 1
     assert "--best-of and --reward go together" in capsys.readouterr().err
+
+
+BAD_OUTS = ("a folder", "under a file", "read-only")  # a file is a fine --out: it is replaced
+
+
+@pytest.mark.parametrize("case", [*BAD_OUTS, "missing samples", "malformed samples", "bad --reward", "bad --n",
+                                  "too few candidates"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    """--out is checked before the reward is loaded; every bad input is one line naming the file or option."""
+    samples, out = tmp_path / "candidates.jsonl", tmp_path / "best.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in candidates({0: [0.5, 0.7], 1: [0.1, 0.2]})))
+    argv, named = ["--samples", samples, "--reward", "quickstart", "--n", 2], [samples]
+    if case in BAD_OUTS:
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --out {out}: "]  # refused by the check before any work, not by a failed write
+    elif case == "missing samples":
+        argv[1] = named[0] = tmp_path / "nope.jsonl"
+    elif case == "malformed samples":
+        samples.write_text('{"prompt_id": 0, "sample_index": 0, "prompt": "p", "completion": "c"}\n[]\n')
+        named = [f"{samples}:2: expected a JSON object, got list"]
+    elif case == "bad --reward":
+        argv[3], named = "nope", ["unknown reward 'nope'"]
+    elif case == "bad --n":
+        argv[5], named = 0, ["--n must be >= 1, got 0"]
+    else:
+        argv[5], named = 3, ["prompt_id 0: 2 candidates, expected 3"]
+    refused(best_of_n.main, [*argv, "--out", out], capsys, tmp_path, *named)

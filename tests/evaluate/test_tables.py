@@ -15,6 +15,7 @@ from dpo.evaluate.kl import sequence_kl
 from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from helpers import byte_tokenizer
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 EOS = 256
 
@@ -100,6 +101,41 @@ def test_reward_cli_writes_json_and_csv(tmp_path, capsys):
     assert "reward_mean" in capsys.readouterr().out
     assert E.main(["reward", str(tmp_path / "missing.jsonl"), "--reward", "quickstart", "--out", "x"]) == 1
     assert "missing.jsonl: no samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", [*OUTPUT_CASES, "missing samples", "malformed samples", "not samples rows",
+                                  "bad --reward", "bad --device", "bad --batch-size", "missing --against"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    """--out (a prefix: PREFIX.json, .csv, .samples.jsonl) is checked before any scoring; every bad input is
+    one line naming the file or option."""
+    samples = write_rows(tmp_path / "s.jsonl", [row(0, GOOD), row(1, BAD)])
+    out, extra = tmp_path / "res", []
+    argv, named = ["reward", samples, "--reward", "quickstart"], [samples]
+    if case in OUTPUT_CASES:
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --out {out}: "]  # refused by the check before any work, not by a failed write
+        if case == "a file":  # a file is a fine prefix; its PREFIX.samples.jsonl must not be a folder
+            out.with_name("file.samples.jsonl").mkdir()
+            named = [f"error: --out {tmp_path / 'file.samples.jsonl'}: "]
+    elif case == "missing samples":
+        argv[1] = named[0] = tmp_path / "nope.jsonl"
+    elif case == "malformed samples":
+        samples.write_text(samples.read_text() + '{"prompt_id": 2,\n')
+        named = [f"{samples}:3: invalid JSON"]
+    elif case == "not samples rows":
+        write_rows(samples, [{"prompt": "p", "completion": "c"}])
+        named = [f"{samples}:1: not a samples row (needs prompt_id and sample_index)"]
+    elif case == "bad --reward":
+        argv[3] = "reward_model:" + str(tmp_path / "no-model")
+        named = [f"reward 'reward_model:{tmp_path / 'no-model'}': {tmp_path / 'no-model'} is not a folder"]
+    elif case == "bad --device":
+        extra, named = ["--device", "gpu0"], ["--device 'gpu0': not a device"]
+    elif case == "bad --batch-size":
+        extra, named = ["--batch-size", 0], ["--batch-size must be >= 1, got 0"]
+    else:
+        argv = ["winrate", samples, "--judge", "quickstart", "--against", tmp_path / "sft.jsonl"]
+        named = [f"{tmp_path / 'sft.jsonl'}: no samples (no such file)"]
+    refused(E.main, [*argv, "--out", out, *extra], capsys, tmp_path, *named)
 
 
 def test_reward_and_kl_per_checkpoint(tmp_path):

@@ -16,6 +16,7 @@ from dpo import data
 from dpo.config import load_config
 from dpo.evaluate import judge as J
 from dpo.experiments import common, pairs, tldr
+from test_files import OUTPUT_CASES, bad_output_path, refused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -467,9 +468,26 @@ def test_driver_runs_every_stage_on_a_toy_folder(tmp_path, capsys):
     assert len(rows_of(out / "results.jsonl")) == 12
 
 
-def test_cli_reports_a_bad_stage_or_override(tmp_path, capsys):
-    config = ROOT / "configs" / "tldr" / "mini.yaml"
-    assert tldr.main(["--config", str(config), "--stage", "sample"]) == 1
-    assert "unknown stage(s) sample" in capsys.readouterr().err
-    assert tldr.main(["--config", str(config), "--stage", "judge", "judgez=1"]) == 1
-    assert "unknown key 'judgez'" in capsys.readouterr().err
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "missing config", "malformed config",
+                                  "bad --stage", "bad override"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    """The drivers' command line (common.driver_main): out_dir is checked before any stage runs; a bad
+    config, stage or override is one line naming it."""
+    config = tmp_path / "mini.yaml"
+    config.write_text((ROOT / "configs" / "tldr" / "mini.yaml").read_text())
+    argv, named = ["--config", config, "--stage", "prepare", f"out_dir={tmp_path / 'run'}"], []
+    if case in OUTPUT_CASES:
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        argv[-1], named = f"out_dir={out}", [f"error: out_dir {out}: "]
+    elif case == "missing config":
+        argv[1] = tmp_path / "nope.yaml"
+        named = [f"{tmp_path / 'nope.yaml'}: cannot read config"]
+    elif case == "malformed config":
+        config.write_text("out_dir: [\n")
+        named = [f"{config}: invalid YAML"]
+    elif case == "bad --stage":
+        argv[3], named = "prepare,sample", ["--stage: unknown stage(s) sample"]
+    else:
+        argv.append("judgez=1")
+        named = ["unknown key 'judgez'"]
+    refused(tldr.main, argv, capsys, tmp_path, *named)

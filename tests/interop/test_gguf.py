@@ -576,7 +576,8 @@ def test_convert_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch,
     path, out = llama_to_gguf(tiny_llama(), tmp_path / "t.gguf"), tmp_path / "converted"
     named = [path]
     if case in OUTPUT_CASES:
-        out = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        out = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --out {out}: "]  # refused by the check before any work, not by a failed write
     elif case == "missing file":
         path = named[0] = tmp_path / "nope.gguf"
     elif case == "a folder as input":

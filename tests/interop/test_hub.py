@@ -179,28 +179,28 @@ def test_cli_prints_the_local_folder(http_server, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "invalid repo id", "missing repo",
                                   "unreachable endpoint"])
-def test_cli_bad_input_is_one_line_and_writes_nothing(http_server, tmp_path, monkeypatch, capsys, case):
-    """--cache-dir is checked before anything is fetched; a bad repo id or endpoint is one line naming it."""
-    serve(http_server, {"config.json": CONFIG, "model.safetensors": WEIGHTS})
-    monkeypatch.setenv("DPO_HF_ENDPOINT", http_server.url)
+def test_cli_bad_input_is_one_line_and_writes_nothing(request, tmp_path, monkeypatch, capsys, case):
+    """--cache-dir is checked before anything is fetched (from a dead endpoint: trying would be another
+    error); a bad repo id or endpoint is one line naming it."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("DPO_HF_ENDPOINT", dead)
     repo, cache = REPO, tmp_path / "cache-dir"
-    named = [repo]
+    named = [repo, dead, "may be offline"]
     if case in OUTPUT_CASES:
-        cache = named[0] = bad_output_path(tmp_path, case, monkeypatch)
+        cache = bad_output_path(tmp_path, case, monkeypatch)
+        named = [f"error: --cache-dir {cache}: "]  # refused by the check before any work, not by a failed write
     elif case == "invalid repo id":
-        repo = "org/../x"
         named = ["invalid Hugging Face repo id 'org/../x'"]
+        repo = "org/../x"
     elif case == "missing repo":
+        server = request.getfixturevalue("http_server")
+        serve(server, {"config.json": CONFIG, "model.safetensors": WEIGHTS})
+        monkeypatch.setenv("DPO_HF_ENDPOINT", server.url)
         repo = named[0] = "tiny-org/absent"
-        named.append("has no config.json")
-    else:
-        with socket.socket() as s:  # a port nobody listens on
-            s.bind(("127.0.0.1", 0))
-            monkeypatch.setenv("DPO_HF_ENDPOINT", dead := f"http://127.0.0.1:{s.getsockname()[1]}")
-        named += [dead, "may be offline"]
+        named[1:] = ["has no config.json"]
     refused(main, ["download", repo, "--cache-dir", cache], capsys, tmp_path, *named)
-    assert http_server.requests == ([("/tiny-org/absent/resolve/main/config.json", None, None)]
-                                    if case == "missing repo" else [])
 
 
 def test_cli_module_entry_point(tmp_path):
