@@ -1,4 +1,7 @@
 """Small helpers shared by several test modules (fixtures live in conftest.py)."""
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -38,3 +41,45 @@ def byte_tokenizer(eos_id: int = 256):
     b2u = bytes_to_unicode()
     return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2", {"<|endoftext|>": eos_id},
                               eos_token="<|endoftext|>")
+
+
+# ----- bad output paths (tests of every command that writes) -------------------------------------------
+
+OUTPUT_CASES = ("a folder", "a file", "under a file", "read-only")
+
+
+def bad_output_path(root: Path, case: str, monkeypatch) -> Path:
+    """An output path under `root` that no command may write: an existing folder where a file goes, a file
+    where a folder goes, a path under a file, one in a folder this process may not write in (mode 555, and
+    os.access says so even to root)."""
+    if case == "a folder":
+        (root / "folder").mkdir(parents=True)
+        return root / "folder"
+    if case in ("a file", "under a file"):
+        (root / "file").write_text("x")
+        return root / "file" if case == "a file" else root / "file" / "out"
+    folder = root / "read-only"
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: access(p, mode, **kw) and not (
+        Path(p) == folder and mode & os.W_OK))
+    return folder / "out"
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def refused(main, argv: list, capsys, root: Path, *named) -> str:
+    """Run a command's main(argv) on a bad input: exit status 1, exactly one line on stderr, `error: ...`,
+    no traceback, naming each of `named`, and nothing under `root` written, changed or removed (no .tmp,
+    .part or half a result). Returns the line."""
+    capsys.readouterr()
+    before = _tree(root)
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert all(str(name) in err for name in named), (named, err)
+    assert _tree(root) == before
+    return err.strip()

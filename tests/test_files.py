@@ -1,56 +1,13 @@
 """dpo/files.py: a file or folder is replaced whole or not at all, and a failed write leaves the old one and
-no temporary behind; an output path is checked before any work.
-
-Also the two helpers every command's bad-input test uses (imported from here by tests/test_sample.py,
-tests/interop/*, tests/evaluate/*, ...): `bad_output_path` makes each kind of output path a command must
-refuse, `refused` runs a command's main(argv) and asserts the one-line refusal with nothing written."""
-import os
+no temporary behind; an output path is checked before any work (every command's own test of that uses
+helpers.bad_output_path and helpers.refused)."""
 from pathlib import Path
 
 import pytest
 
 from dpo.errors import UserError
 from dpo.files import atomic_dir, atomic_path, atomic_write, check_writable
-
-OUTPUT_CASES = ("a folder", "a file", "under a file", "read-only")
-
-
-def bad_output_path(root: Path, case: str, monkeypatch) -> Path:
-    """An output path under `root` that no command may write: an existing folder where a file goes, a file
-    where a folder goes, a path under a file, one in a folder this process may not write in (mode 555, and
-    os.access says so even to root)."""
-    if case == "a folder":
-        (root / "folder").mkdir(parents=True)
-        return root / "folder"
-    if case in ("a file", "under a file"):
-        (root / "file").write_text("x")
-        return root / "file" if case == "a file" else root / "file" / "out"
-    folder = root / "read-only"
-    folder.mkdir(parents=True)
-    folder.chmod(0o555)
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: access(p, mode, **kw) and not (
-        Path(p) == folder and mode & os.W_OK))
-    return folder / "out"
-
-
-def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
-
-
-def refused(main, argv: list, capsys, root: Path, *named) -> str:
-    """Run a command's main(argv) on a bad input: exit status 1, exactly one line on stderr, `error: ...`,
-    no traceback, naming each of `named`, and nothing under `root` written, changed or removed (no .tmp,
-    .part or half a result). Returns the line."""
-    capsys.readouterr()
-    before = _tree(root)
-    assert main([str(a) for a in argv]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    assert all(str(name) in err for name in named), (named, err)
-    assert _tree(root) == before
-    return err.strip()
-
+from helpers import OUTPUT_CASES, bad_output_path
 
 def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path):
     path = tmp_path / "sub" / "a.json"

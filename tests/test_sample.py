@@ -16,7 +16,7 @@ from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer
 from helpers import byte_tokenizer
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 256

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from dpo.interop.bpe import LLAMA3_PATTERN, QWEN2_PATTERN, bytes_to_unicode
 from dpo.tokenizer import Tokenizer, TokenizerError, train_sentencepiece
 from dpo.tokenizer import main as tokenizer_main
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped fixtures need it)

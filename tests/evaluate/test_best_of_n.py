@@ -13,7 +13,7 @@ from dpo.reward_model import RewardModel
 from dpo.evaluate.rewards import load_scorer
 from dpo.interop.bpe import bytes_to_unicode
 from dpo.tokenizer import Tokenizer
-from test_files import bad_output_path, refused
+from helpers import bad_output_path, refused
 
 EOS = 256
 

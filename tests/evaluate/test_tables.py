@@ -15,7 +15,7 @@ from dpo.evaluate.kl import sequence_kl
 from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from helpers import byte_tokenizer
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 EOS = 256
 

@@ -16,7 +16,7 @@ from dpo import data
 from dpo.config import load_config
 from dpo.evaluate import judge as J
 from dpo.experiments import common, pairs, tldr
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 from dpo import data
 from dpo.interop import datasets
 from helpers import byte_tokenizer
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = '{"prompt": "p", "chosen": "c", "rejected": "r"}\n'

@@ -12,7 +12,7 @@ import torch
 
 from dpo.interop import gguf
 from dpo.interop.gguf import GGUFError, dequantize, load_gguf, read_gguf
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 # ----------------------------------------------------------------------------------------------------
 # A test-only GGUF writer

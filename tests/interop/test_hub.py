@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpo.interop.hub import HubError, hub_cache_dir, main, snapshot_download
-from test_files import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused
 
 REPO = "tiny-org/tiny-model"
 
