@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from dpo import data
+from dpo import data, formats
 from dpo.data import DataError
 from dpo.errors import UserError, entry_point
 from dpo.evaluate.tables import read_samples
@@ -74,17 +74,17 @@ class SampleError(UserError, ValueError):
 
 def _dataset_prompts(kind: str, path: str, split: str, tokenizer, prompt_seed: int, counts: Counter) -> list[dict]:
     if kind == "imdb":
-        reviews = data.read_imdb(path, split)
+        reviews = formats.read_imdb(path, split)
         return [{"prompt": p["prompt"], "prompt_input_ids": p["prompt_input_ids"], "label": p["label"],
                  "source": p["source"]}
-                for p in data.imdb_prefix_prompts(reviews, tokenizer, prompt_seed, counts=counts)]
+                for p in formats.imdb_prefix_prompts(reviews, tokenizer, prompt_seed, counts=counts)]
     if kind == "tldr":
         return [{"prompt": ex["prompt"], "reference": ex["completion"], "source": ex["source"]}
-                for ex in data.read_tldr_sft(path, split, counts)]
+                for ex in formats.read_tldr_sft(path, split, counts)]
     if kind == "hh":
         return [{"prompt": ex["prompt"], "reference": ex["chosen"], "source": ex["source"]}
-                for ex in data.read_hh(path, split, counts)]
-    _, examples, _ = data.load_examples("quickstart_preference", "", split)
+                for ex in formats.read_hh(path, split, counts)]
+    _, examples, _ = formats.load_examples("quickstart_preference", "", split)
     return [{"prompt": ex["prompt"], "source": f"quickstart:{split}:{i}"} for i, ex in enumerate(examples)]
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, losses, quickstart, reference_cache, reward_model
+from dpo import batching, checkpoint, data, distributed, formats, losses, quickstart, reference_cache, reward_model
 from dpo.config import Config, ConfigError, check_paths, load_config, save_config, validate
 from dpo.errors import PeerFailed, UserError, entry_point
 from dpo.files import atomic_dir
@@ -160,7 +160,7 @@ def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Toke
             raise ConfigError("model.tokenizer: a new model (model.name empty) needs model.tokenizer or "
                               "model.tokenizer_vocab_size > 0 to train a SentencePiece tokenizer")
         if ctx.is_main:  # train on the training texts, once
-            _, examples, _ = data.load_examples(config.data.format, config.data.path, config.data.split)
+            _, examples, _ = formats.load_examples(config.data.format, config.data.path, config.data.split)
             corpus = out_dir / "tokenizer_corpus.txt"
             corpus.write_text("\n".join(" ".join(v for k, v in ex.items() if k in ("prompt", "completion",
                                         "chosen", "rejected")) for ex in examples))
@@ -176,7 +176,7 @@ def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
     d = config.data
     sources = [(d.path, d.split, 0), (d.eval_path or d.path, d.eval_split, d.eval_examples)]
     if config.loss.name in ("classifier", "reward_model"):
-        loaded = [data.load_examples(d.format, path, split) for path, split, _ in sources]
+        loaded = [formats.load_examples(d.format, path, split) for path, split, _ in sources]
         kind = run_kind(config, loaded[0][0])
         (_, train_examples, counts), (_, all_eval, eval_counts) = loaded
         eval_examples = [all_eval[i] for i in data.seeded_subset(len(all_eval), d.eval_examples, config.train.seed)]

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from dpo import data
+from dpo import data, formats
 from dpo.data import DataError, percentiles
 
 IGNORE_INDEX = -100
@@ -154,18 +154,18 @@ def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: 
 def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, max_prompt_length: int,
                    truncation: str = "reference", prompt_truncation_side: str | None = None, limit: int = 0,
                    seed: int = 0, boundary_checks: int = 256):
-    """Read (data.load_examples) and tokenize a preference or SFT dataset. Returns (kind, examples,
+    """Read (formats.load_examples) and tokenize a preference or SFT dataset. Returns (kind, examples,
     summary text to print before training). prompt_truncation_side None = the format's default (keep_end
     for HH dialogue, keep_start otherwise). limit > 0 keeps a seeded random subset of that many examples
     (in file order; e.g. an evaluation cap: HH's test files are subsets one after another, so the first N
     would all be helpful-base)."""
-    kind, examples, counts = data.load_examples(fmt, path, split)
+    kind, examples, counts = formats.load_examples(fmt, path, split)
     if kind not in ("preference", "sft"):
         raise DataError(f"format {fmt!r} gives {kind} examples, not preference or sft")
     if 0 < limit < len(examples):
         counts[f"not used (limit={limit}, seeded subset)"] += len(examples) - limit
         examples = [examples[i] for i in data.seeded_subset(len(examples), limit, seed)]
-    side = prompt_truncation_side or data.DEFAULT_PROMPT_TRUNCATION_SIDE.get(fmt, "keep_start")
+    side = prompt_truncation_side or formats.DEFAULT_PROMPT_TRUNCATION_SIDE.get(fmt, "keep_start")
     kept, stats = tokenize_dataset(examples, tokenizer, kind=kind, max_length=max_length,
                                    max_prompt_length=max_prompt_length, truncation=truncation,
                                    prompt_truncation_side=side, boundary_checks=boundary_checks)

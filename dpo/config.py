@@ -37,7 +37,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "preference_jsonl"  # a key of dpo.data.FORMATS: preference_jsonl | sft_jsonl | text | imdb | tldr | ...
+    format: str = "preference_jsonl"  # a key of dpo.formats.FORMATS: preference_jsonl | sft_jsonl | text | imdb | tldr | ...
     path: str = ""                  # file or folder of the training data
     split: str = "train"            # split read from `path` (folders holding several splits)
     eval_path: str = ""             # "" = `path`
@@ -186,7 +186,7 @@ def validate(config: Config) -> None:
     Choices (CHOICES, data.format, loss.name and its options), numeric ranges, CUDA when train.device asks
     for it, and a new model's shape. Paths and the lengths a pretrained model allows are checked when they
     are opened (train.py)."""
-    from dpo.data import FORMATS
+    from dpo.formats import FORMATS
     from dpo.losses import check_options, parse_loss_names
     c, problems = config, []
     for key, allowed in CHOICES.items():

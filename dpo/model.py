@@ -1,4 +1,5 @@
-"""One GPT-style decoder for four families: GPT-2, GPT-NeoX (Pythia), GPT-J and Llama (Mistral, Qwen2).
+"""One GPT-style decoder for six families: GPT-2, GPT-NeoX (Pythia), GPT-J, Llama (Mistral, Qwen2), Qwen3
+and SmolLM3.
 
 The families differ only in a handful of switches, so `GPTConfig` holds switches, not family names:
 
@@ -8,6 +9,11 @@ The families differ only in a handful of switches, so `GPTConfig` holds switches
              first rotary_pct                               + mlp(ln2(x))  (parallel)
     GPT-J    rotary, interleaved  LayerNorm  GELU-tanh      x + attn(ln(x)) + mlp(ln(x))  mlp + head bias
     Llama    rotary, half-split   RMSNorm    SwiGLU         x + attn(n1), + mlp(n2)     none; GQA
+    Qwen3    as Llama, q and k    RMSNorm    SwiGLU         as Llama                    none; GQA, head_dim
+             RMSNorm-ed per head                                                        free of n_embd / n_head
+             before rotary (qk_norm)
+    SmolLM3  as Llama, no rotary  RMSNorm    SwiGLU         as Llama                    none; GQA, tied head
+             in nope_layers (every 4th: NoPE, attention sees no positions)
 
 Shapes: B batch, T new tokens, S = past + T key positions, C n_embd, H heads, Hkv key/value heads,
 D head_dim, V vocab. Padding: `attention_mask [B, S]` (1 = token, 0 = pad) masks pad keys, and token
@@ -45,6 +51,8 @@ class GPTConfig:
     rotary_interleaved: bool = False  # GPT-J pairs dims (2i, 2i+1); NeoX/Llama pair (i, i + rotary_dim/2)
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # {"rope_type": "llama3" | "linear", ...} as in HF config.json
+    nope_layers: list[int] | None = None  # indices of the layers whose q, k skip rotary (SmolLM3's NoPE layers)
+    qk_norm: bool = False  # RMSNorm (weight [D]) over each head's D dims of q and k, before rotary (Qwen3)
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
     activation: str = "gelu_tanh"  # a key of ACTIVATIONS
@@ -78,6 +86,8 @@ class GPTConfig:
         check(self.norm in ("layernorm", "rmsnorm"), f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         check(self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         check(not self.shared_norm or self.parallel_residual, "shared_norm needs parallel_residual")
+        check(all(0 <= i < self.n_layer for i in self.nope_layers or ()),
+              f"nope_layers must be layer indices in [0, n_layer={self.n_layer}), got {self.nope_layers}")
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             check(kind in ("llama3", "linear", "default"),
@@ -171,14 +181,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, q_dim + 2 * kv_dim, bias=cfg.qkv_bias)  # rows: [q heads | k | v]
         self.proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.attn_out_bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps), RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(self, x, rope, attn_mask, kv_cache=None, layer=0):
-        """x: [B, T, C]; rope: (cos, sin) [B, 1, T, R/2] or None; attn_mask: [B, 1, T, S] bool or None (causal)."""
+        """x: [B, T, C]; rope: (cos, sin) [B, 1, T, R/2] or None; attn_mask: [B, 1, T, S] bool or None (causal).
+
+        With qk_norm, q [B, H, T, D] and k [B, Hkv, T, D] are each RMS-normalised over D (one gain [D] shared by
+        all heads) before rotary, so the scale of the scores q.k / sqrt(D) no longer follows the projections' scale."""
         cfg, (B, T, _) = self.cfg, x.shape
         q, k, v = self.qkv(x).split(self.split, dim=-1)
         q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q = apply_rotary(q, *rope, cfg.rotary_interleaved)
             k = apply_rotary(k, *rope, cfg.rotary_interleaved)
@@ -300,11 +317,12 @@ class GPT(nn.Module):
             freqs = pos[..., None].float() * self.inv_freq  # [B, T, R/2]
             rope = (freqs.cos().to(x.dtype)[:, None], freqs.sin().to(x.dtype)[:, None])
         for i, block in enumerate(self.blocks):
+            rope_i = None if i in (cfg.nope_layers or ()) else rope  # a NoPE layer: no positions in q, k
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # keep only each block's input; recompute its activations in backward (memory for compute)
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope_i, attn_mask, use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask, kv_cache, i)
+                x = block(x, rope_i, attn_mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.length = S
         x = self.norm_f(x)

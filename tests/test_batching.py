@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from dpo import batching, data
+from dpo import batching, data, formats
 from dpo.batching import IGNORE_INDEX, BatchSchedule
 from dpo.data import DataError
 from helpers import ByteTokenizer, byte_tokenizer
@@ -171,7 +171,7 @@ def test_tokenize_dataset_stats_and_summary(tmp_path):
             {"prompt": "q", "chosen": "c", "rejected": "rr"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kind, examples, counts = data.load_examples("preference_jsonl", path)
+    kind, examples, counts = formats.load_examples("preference_jsonl", path)
     kept, stats = batching.tokenize_dataset(examples, TOK, kind=kind, max_length=32, max_prompt_length=16,
                                             truncation="keep_response")
     assert [k["index"] for k in kept] == [0, 1] and [k["source"] for k in kept] == [f"{path}:1", f"{path}:3"]
@@ -336,7 +336,7 @@ def test_eval_micro_batches_cover_every_example_once(n):
 def test_gpt2_prompt_response_boundary(shared_data):
     tokenizer_module = pytest.importorskip("dpo.tokenizer")
     tok = tokenizer_module.Tokenizer.from_pretrained(shared_data / "gpt2")
-    examples = data.read_tldr_sft(shared_data / "tldr-mini", "valid")[:200]
+    examples = formats.read_tldr_sft(shared_data / "tldr-mini", "valid")[:200]
     kept, stats = batching.tokenize_dataset(examples, tok, kind="sft", max_length=512, max_prompt_length=384,
                                             boundary_checks=200)
     # "TL;DR:" + " summary": the space starts the response's first token, so nothing merges across.
@@ -352,6 +352,6 @@ def test_gpt2_prompt_response_boundary(shared_data):
     hh_like = {"prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello there.", "source": "hh"}
     _, hh_stats = batching.tokenize_dataset([hh_like], tok, kind="sft", max_length=64, max_prompt_length=32)
     assert hh_stats["boundary_differs"] == 0
-    reviews = data.read_imdb(shared_data / "aclImdb-mini", "test")[:100]
-    for p, r in zip(data.imdb_prefix_prompts(reviews, tok, seed=0), reviews):
+    reviews = formats.read_imdb(shared_data / "aclImdb-mini", "test")[:100]
+    for p, r in zip(formats.imdb_prefix_prompts(reviews, tok, seed=0), reviews):
         assert tok.encode(r["text"])[: len(p["prompt_input_ids"])] == p["prompt_input_ids"]

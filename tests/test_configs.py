@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpo import data, losses
+from dpo import data, formats, losses
 from dpo.config import Config, load_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -25,5 +25,5 @@ def test_the_training_configs_are_found():
 def test_shipped_config_is_valid(path):
     config = load_config(str(path))
     validate(config)  # every choice, range and loss option, as train.py checks before any work
-    assert config.data.format in data.FORMATS
+    assert config.data.format in formats.FORMATS
     assert config.loss.name in losses.LOSSES or config.loss.name in ("classifier", "reward_model")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from dpo import data
+from dpo import data, formats
 from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
@@ -159,7 +159,7 @@ def stage_prepare(x: ImdbExperiment) -> None:
     counts = Counter()
     with atomic_dir(out) as tmp:
         for split, n in (("train", x.window_reviews), ("test", x.window_reviews // 2)):
-            reviews = data.read_imdb(x.imdb_path, split)
+            reviews = formats.read_imdb(x.imdb_path, split)
             for review in (reviews[i] for i in data.seeded_subset(len(reviews), n, x.seed)):
                 windows = review_windows(review["text"], x.window_words)
                 if len(windows) >= 1000:
@@ -199,10 +199,10 @@ def stage_classifier(x: ImdbExperiment) -> None:
 def prefix_prompts(x: ImdbExperiment, split: str, n: int, tokenizer, seed: int) -> tuple[list[dict], Counter]:
     """{"prompt_id", "prompt", "label", "source"} for the 2–8-token prefixes of n seeded-random reviews
     (dpo.data.seeded_subset, in file order; all when n = 0)."""
-    reviews = data.read_imdb(x.imdb_path, split)
+    reviews = formats.read_imdb(x.imdb_path, split)
     chosen = [reviews[i] for i in data.seeded_subset(len(reviews), n, seed)]
     counts = Counter()
-    prompts = data.imdb_prefix_prompts(chosen, tokenizer, seed, x.prefix_min_tokens, x.prefix_max_tokens, counts)
+    prompts = formats.imdb_prefix_prompts(chosen, tokenizer, seed, x.prefix_min_tokens, x.prefix_max_tokens, counts)
     rows = [{"prompt_id": i, "prompt": p["prompt"], "label": p["label"], "source": p["source"]}
             for i, p in enumerate(prompts)]
     return rows, counts

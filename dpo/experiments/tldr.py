@@ -52,7 +52,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo import data
+from dpo import data, formats
 from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
@@ -229,7 +229,7 @@ def stage_prepare(x: WinRateExperiment) -> None:
             return
         with atomic_dir(out) as tmp:
             for split in ("train", "valid"):
-                examples = data.read_tldr_sft(tldr_path(x), split)
+                examples = formats.read_tldr_sft(tldr_path(x), split)
                 write_jsonl(tmp / f"{split}.jsonl", [{"prompt": "", "completion": ex["prompt"] + ex["completion"],
                                                      "id": ex["id"]} for ex in examples])
         print(f"prepare: {out}: the prompts and summaries of {tldr_path(x)} as plain text (train, valid)")
@@ -242,7 +242,7 @@ def cut_posts(x: WinRateExperiment) -> None:
         return
     counts = Counter()
     with atomic_dir(out) as tmp:
-        for split in data.TLDR_SFT_SPLITS:
+        for split in formats.TLDR_SFT_SPLITS:
             source = Path(x.data_path) / f"{split}.jsonl"
             rows = []
             for lineno, obj in data.read_jsonl(source, counts):
@@ -281,9 +281,9 @@ def task_prompts(x: WinRateExperiment, split: str, counts: Counter) -> list[dict
     (single-turn ones when single_turn) with their chosen reply."""
     if x.task == "tldr":
         return [{"prompt": ex["prompt"], "reference": ex["completion"], "source": ex["source"]}
-                for ex in data.read_tldr_sft(tldr_path(x), split, counts)]
+                for ex in formats.read_tldr_sft(tldr_path(x), split, counts)]
     rows = [{"prompt": ex["prompt"], "reference": ex["chosen"], "source": ex["source"]}
-            for ex in data.read_hh(x.data_path, split, counts)]
+            for ex in formats.read_hh(x.data_path, split, counts)]
     if x.single_turn:
         kept = [r for r in rows if sample_cli().is_single_turn(r["prompt"])]
         counts["multi-turn dialogues (single_turn)"] += len(rows) - len(kept)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dpo import data
+from dpo import data, formats
 from dpo.batching import load_tokenized
 from dpo.errors import entry_point
 from dpo.files import check_writable
@@ -30,11 +30,11 @@ HH_URL = "https://raw.githubusercontent.com/anthropics/hh-rlhf/master"
 DOWNLOADS = {
     "imdb": [(IMDB_URL, "aclImdb_v1.tar.gz", IMDB_SIZE)],
     "tldr": [(f"{OPENAI_URL}/datasets/tldr_3_filtered/{s}.jsonl", f"tldr_3_filtered/{s}.jsonl", None)
-             for s in data.TLDR_SFT_SPLITS],
+             for s in formats.TLDR_SFT_SPLITS],
     "tldr-comparisons": [(f"{OPENAI_URL}/dataset/comparisons/{f}", f"comparisons/{f}", None)
-                         for f in data.TLDR_COMPARISON_FILES],
+                         for f in formats.TLDR_COMPARISON_FILES],
     "hh": [(f"{HH_URL}/{subset}/{s}.jsonl.gz", f"hh-rlhf/{subset}/{s}.jsonl.gz", None)
-           for subset in data.HH_SUBSETS for s in ("train", "test")],
+           for subset in formats.HH_SUBSETS for s in ("train", "test")],
 }
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder to put the files in")
     p.add_argument("--base-url", default=None, help=f"replace the host of the URLs (or ${BASE_URL_ENV})")
     p = sub.add_parser("summary", help="read a dataset and print its summary")
-    p.add_argument("format", choices=list(data.FORMATS))
+    p.add_argument("format", choices=list(formats.FORMATS))
     p.add_argument("path")
     p.add_argument("--split", default="train")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder: adds token statistics (sft, preference)")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if args.limit < 0:
         raise data.DataError(f"--limit must be >= 0 (0: every example), got {args.limit}")
     if not args.tokenizer:
-        _, _, counts = data.load_examples(args.format, args.path, args.split)
+        _, _, counts = formats.load_examples(args.format, args.path, args.split)
         print(data.format_summary(f"{args.format} {args.path} [{args.split}]", counts))
         return 0
     print(load_tokenized(args.format, args.path, args.split, Tokenizer.from_pretrained(args.tokenizer),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo import data
+from dpo import data, formats
 from dpo.config import load_config
 from dpo.experiments import common, imdb, pairs
 
@@ -227,7 +227,7 @@ def toy_classifier(root: Path, imdb: Path) -> Path:
     from dpo.reward_model import RewardModel
     from dpo.tokenizer import Tokenizer, train_sentencepiece
     corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(r["text"] for r in data.read_imdb(imdb, "train")))
+    corpus.write_text("\n".join(r["text"] for r in formats.read_imdb(imdb, "train")))
     train_sentencepiece([corpus], root / "clf_sp", 300)
     tokenizer = Tokenizer.from_pretrained(root / "clf_sp.model")
     torch.manual_seed(0)
@@ -290,7 +290,7 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     proc = driver(config, "prepare,sft,classifier,sample,label")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
-    windows = data.read_imdb(out / "data" / "aclImdb-windows", "train")  # 20 reviews of ~30 words: 2-3 each
+    windows = formats.read_imdb(out / "data" / "aclImdb-windows", "train")  # 20 reviews of ~30 words: 2-3 each
     assert len({(w["polarity"], w["id"] // 1000) for w in windows}) == 20 and 40 <= len(windows) <= 60
     assert all(len(w["text"].split()) >= 6 for w in windows)
     # one run evaluated as it trains, its checkpoints deleted once evaluated (the paper-scale setting)

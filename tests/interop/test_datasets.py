@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dpo import data
+from dpo import data, formats
 from dpo.interop import datasets
 from helpers import byte_tokenizer
 from helpers import OUTPUT_CASES, bad_output_path, refused
@@ -134,12 +134,12 @@ def test_download_cli_checks_imdb_size_and_offline(http_server, tmp_path, capsys
 
 
 def test_download_lists_are_the_published_ones():
-    assert len(datasets.DOWNLOADS["tldr-comparisons"]) == 23 and "batch21.json" not in data.TLDR_COMPARISON_FILES
+    assert len(datasets.DOWNLOADS["tldr-comparisons"]) == 23 and "batch21.json" not in formats.TLDR_COMPARISON_FILES
     assert [rel for _, rel, _ in datasets.DOWNLOADS["tldr-comparisons"]] == \
-        [f"comparisons/{name}" for name in data.TLDR_COMPARISON_FILES]  # what read_tldr_comparisons expects
+        [f"comparisons/{name}" for name in formats.TLDR_COMPARISON_FILES]  # what read_tldr_comparisons expects
     assert datasets.DOWNLOADS["imdb"] == [("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                                            "aclImdb_v1.tar.gz", 84_125_825)]
     assert datasets.IMDB_URL == datasets.DOWNLOADS["imdb"][0][0]
     assert len(datasets.DOWNLOADS["hh"]) == 8
     assert [rel for _, rel, _ in datasets.DOWNLOADS["tldr"]] == \
-        [f"tldr_3_filtered/{split}.jsonl" for split in data.TLDR_SFT_SPLITS]
+        [f"tldr_3_filtered/{split}.jsonl" for split in formats.TLDR_SFT_SPLITS]
