@@ -163,7 +163,7 @@ def load_tokenizer(config: Config, ctx: distributed.Dist, out_dir: Path) -> Toke
             _, examples, _ = formats.load_examples(config.data.format, config.data.path, config.data.split)
             corpus = out_dir / "tokenizer_corpus.txt"
             corpus.write_text("\n".join(" ".join(v for k, v in ex.items() if k in ("prompt", "completion",
-                                        "chosen", "rejected")) for ex in examples))
+                                        "chosen", "rejected") and isinstance(v, str)) for ex in examples))
             train_sentencepiece([corpus], trained / "tokenizer", config.model.tokenizer_vocab_size)
             corpus.unlink()
         distributed.barrier()
@@ -185,7 +185,8 @@ def load_data(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist):
         summaries[1] += f" ({len(eval_examples)} used)"
     else:
         args = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                    prompt_truncation_side=d.prompt_truncation_side or None, seed=config.train.seed)
+                    prompt_truncation_side=d.prompt_truncation_side or None, seed=config.train.seed,
+                    chat_template_family=d.chat_template)
         (data_kind, train_examples, train_summary), (_, eval_examples, eval_summary) = [
             batching.load_tokenized(d.format, path, split, tokenizer, limit=limit, **args)
             for path, split, limit in sources]

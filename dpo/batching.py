@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from dpo import data, formats
+from dpo import chat_template, data, formats
 from dpo.data import DataError, percentiles
 
 IGNORE_INDEX = -100
@@ -78,10 +78,12 @@ def _encode(tokenizer, text: str, what: str, source: str, cache: dict | None = N
     return ids
 
 
-def encode_example(example: dict, tokenizer, cache: dict | None = None) -> dict:
+def encode_example(example: dict, tokenizer, cache: dict | None = None, chat: str | None = None) -> dict:
     """Token ids of an example's parts, untruncated: {"prompt": ids, "<response>": ids + [EOS], ...} for
     responses "chosen"/"rejected" (preference) or "completion" (SFT). `cache` memoises prompts (TL;DR
-    comparisons repeat each post many times)."""
+    comparisons repeat each post many times). chat: the template family of conversational examples."""
+    if chat is not None:
+        return encode_conversation(example, tokenizer, chat)
     source = example.get("source", "example")
     ids = {"prompt": _encode(tokenizer, example["prompt"], "prompt", source, cache)}
     for key in ("chosen", "rejected", "completion"):
@@ -90,8 +92,62 @@ def encode_example(example: dict, tokenizer, cache: dict | None = None) -> dict:
     return ids
 
 
-def _sequence(prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
-    return prompt + response, [IGNORE_INDEX] * len(prompt) + response
+def chat_family(examples: list[dict], tokenizer, override: str = "") -> str | None:
+    """The chat template family to render conversational examples with (None for plain-text data): the
+    override (data.chat_template), else the family of the tokenizer's own template."""
+    if not any(isinstance(v, list) for ex in examples[:1] for v in ex.values()):
+        return None
+    if override:
+        return chat_template.check_family(override)
+    if tokenizer.chat_template is None:
+        raise DataError(f"{examples[0].get('source', 'data')}: conversational data, but the tokenizer has no chat "
+                        f"template; set data.chat_template to one of {', '.join(chat_template.FAMILIES)}")
+    return chat_template.detect(tokenizer.chat_template)
+
+
+def encode_conversation(example: dict, tokenizer, family: str) -> dict:
+    """Token ids of a conversational example (message lists) as the model's chat template renders it: the
+    prompt with the generation prompt; each response is what the template adds for the reply, cut at its
+    end-of-turn marker, + the end-of-turn id (what the chat model emits to stop: it plays EOS's part here).
+    {"messages"}: the text before the first assistant turn is the prompt, the rest the "completion", with
+    "completion_labels" −100 outside the assistant turns. Special tokens in the rendered text become ids."""
+    end, source = chat_template.end_of_turn(family), example.get("source", "example")
+    end_id, encode = tokenizer.token_to_id(end), lambda text: list(tokenizer.encode(text, allow_special=True))
+    bos = tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+    if end_id is None:
+        raise DataError(f"{source}: the tokenizer has no {end!r} token, which ends a turn in the {family} template")
+
+    def reply(history: list, turn: list):  # (text before the reply, text up to its end marker, reply ids)
+        before = chat_template.render(family, history, add_generation_prompt=True, bos_token=bos)
+        full = chat_template.render(family, history + turn, add_generation_prompt=False, bos_token=bos)
+        if not full.startswith(before) or end not in full[len(before):]:
+            raise DataError(f"{source}: the {family} template does not render this reply after its prompt")
+        cut = full.rindex(end)
+        return before, full[:cut + len(end)], encode(full[len(before):cut]) + [end_id]
+
+    if "messages" not in example:
+        ids = {}
+        for key in ("chosen", "rejected", "completion"):
+            if key in example:
+                before, _, ids[key] = reply(example["prompt"], example[key])
+        return {"prompt": encode(before), **ids}
+    done, prompt, completion, labels = "", None, [], []
+    for i, message in enumerate(example["messages"]):
+        if message["role"] == "assistant":
+            before, done_next, response = reply(example["messages"][:i], [message])
+            if not before.startswith(done):
+                raise DataError(f"{source}: the {family} template renders turn {i} differently in a longer conversation")
+            context = encode(before[len(done):])
+            if prompt is None:
+                prompt = context
+            else:
+                completion, labels = completion + context, labels + [IGNORE_INDEX] * len(context)
+            completion, labels, done = completion + response, labels + response, done_next
+    return {"prompt": prompt, "completion": completion, "completion_labels": labels}
+
+
+def _sequence(prompt: list[int], response: list[int], response_labels: list[int] | None = None):
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + (response_labels or response)[:len(response)]
 
 
 def _build(ids: dict, response_keys: tuple, eos_id: int, **truncation_args):
@@ -103,7 +159,7 @@ def _build(ids: dict, response_keys: tuple, eos_id: int, **truncation_args):
            "responses_truncated": sum(len(r) < len(ids[k]) for k, r in zip(response_keys, responses)),
            "eos_removed": sum(r[-1:] != [eos_id] for r in responses)}
     if response_keys == ("completion",):
-        out["input_ids"], out["labels"] = _sequence(prompt, responses[0])
+        out["input_ids"], out["labels"] = _sequence(prompt, responses[0], ids.get("completion_labels"))
     else:
         for key, response in zip(response_keys, responses):
             out[f"{key}_input_ids"], out[f"{key}_labels"] = _sequence(prompt, response)
@@ -112,13 +168,17 @@ def _build(ids: dict, response_keys: tuple, eos_id: int, **truncation_args):
 
 def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: int, max_prompt_length: int,
                      truncation: str = "reference", prompt_truncation_side: str = "keep_start",
-                     boundary_checks: int = 256):
+                     boundary_checks: int = 256, chat_template_family: str = ""):
     """Tokenize a whole dataset ("preference" or "sft" examples). Returns (kept, stats): kept examples carry
     "index" (their position in `kept`, the key of the reference log-prob cache) and "source"; stats feed
     data.format_summary: counts kept / dropped by reason / truncated, token-length percentiles before
     truncation, and how often, among the first `boundary_checks` examples, encode(prompt + response)
-    differs from encode(prompt) + encode(response)."""
+    differs from encode(prompt) + encode(response). Conversational examples are rendered with the chat
+    template (chat_family: data.chat_template, else the tokenizer's own); their responses end with its
+    end-of-turn token."""
     check_truncation(max_length, max_prompt_length, truncation, prompt_truncation_side)
+    chat = chat_family(examples, tokenizer, chat_template_family)
+    eos_id = tokenizer.eos_id if chat is None else tokenizer.token_to_id(chat_template.end_of_turn(chat))
     if kind not in ("preference", "sft"):
         raise DataError(f"kind must be preference or sft; got {kind!r}")
     response_keys = ("chosen", "rejected") if kind == "preference" else ("completion",)
@@ -129,14 +189,14 @@ def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: 
              "max_prompt_length": max_prompt_length, "prompt_truncation_side": prompt_truncation_side,
              "boundary_checked": 0, "boundary_differs": 0}
     for i, example in enumerate(examples):
-        ids = encode_example(example, tokenizer, cache)
+        ids = encode_example(example, tokenizer, cache, chat)
         for key in lengths:
             lengths[key].append(len(ids[key]))
-        if i < boundary_checks:
+        if i < boundary_checks and chat is None:
             joint = tokenizer.encode(example["prompt"] + example[response_keys[0]])
             stats["boundary_checked"] += 1
             stats["boundary_differs"] += joint != ids["prompt"] + ids[response_keys[0]][:-1]
-        out, reason = _build(ids, response_keys, tokenizer.eos_id, max_length=max_length,
+        out, reason = _build(ids, response_keys, eos_id, max_length=max_length,
                              max_prompt_length=max_prompt_length, truncation=truncation,
                              prompt_truncation_side=prompt_truncation_side)
         if reason is not None:
@@ -153,7 +213,7 @@ def tokenize_dataset(examples: list[dict], tokenizer, *, kind: str, max_length: 
 
 def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, max_prompt_length: int,
                    truncation: str = "reference", prompt_truncation_side: str | None = None, limit: int = 0,
-                   seed: int = 0, boundary_checks: int = 256):
+                   seed: int = 0, boundary_checks: int = 256, chat_template_family: str = ""):
     """Read (formats.load_examples) and tokenize a preference or SFT dataset. Returns (kind, examples,
     summary text to print before training). prompt_truncation_side None = the format's default (keep_end
     for HH dialogue, keep_start otherwise). limit > 0 keeps a seeded random subset of that many examples
@@ -168,7 +228,8 @@ def load_tokenized(fmt: str, path, split: str, tokenizer, *, max_length: int, ma
     side = prompt_truncation_side or formats.DEFAULT_PROMPT_TRUNCATION_SIDE.get(fmt, "keep_start")
     kept, stats = tokenize_dataset(examples, tokenizer, kind=kind, max_length=max_length,
                                    max_prompt_length=max_prompt_length, truncation=truncation,
-                                   prompt_truncation_side=side, boundary_checks=boundary_checks)
+                                   prompt_truncation_side=side, boundary_checks=boundary_checks,
+                                   chat_template_family=chat_template_family)
     return kind, kept, data.format_summary(f"{fmt} {path} [{split}]", counts, stats)
 
 

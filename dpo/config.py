@@ -48,6 +48,7 @@ class DataConfig:
     truncation: str = "reference"   # reference | keep_response (see dpo/batching.py)
     prompt_truncation_side: str = ""  # keep_start | keep_end | "" = the format's default (keep_end for HH)
     pad_to_multiple_of: int = 0     # 0 = no rounding of the padded length
+    chat_template: str = ""         # conversational data: "" = the tokenizer's own template, or a family name
 
 
 @dataclass

@@ -6,7 +6,11 @@ Every reader returns plain dicts (one per example) and never touches a tokenizer
 
     preference       {"prompt", "chosen", "rejected", "source"}
     sft              {"prompt", "completion", "source"}     plain-text LM data: prompt "" and completion = text
+                     or {"messages", "source"}              a conversation: the loss covers its assistant turns
     classification   {"text", "label", "source"}            IMDB sentiment: label 1 = positive, 0 = negative
+
+Values are strings, or, in conversational data (TRL's format), lists of {"role", "content"} messages that
+batching renders with the model's chat template (dpo/chat_template.py).
 
 `source` ("file:line" or "archive:member") lets a later error name where an example came from.
 Bad input raises `DataError` whose one-line message names the file and line (or archive member) and
@@ -99,11 +103,61 @@ def get_field(obj: dict, key: str, where: str, kind=str, nonempty: bool = False)
     return value
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(value) -> str | None:
+    """Why `value` is not a conversation (a non-empty list of {"role": system|user|assistant, "content": str}
+    messages), or None when it is one."""
+    if not isinstance(value, list) or not value:
+        return "a conversation that is not a non-empty list of messages"
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            return "a message without a role or a string content"
+        if message["role"] not in ROLES:
+            return f"a message with an unknown role (expected one of {', '.join(ROLES)})"
+    return None
+
+
+def drop(counts: Counter, reason: str, where: str) -> None:
+    """Count a record left out, naming the first place it happened."""
+    key = next((k for k in counts if k.startswith(f"rows dropped: {reason} (first at ")),
+               f"rows dropped: {reason} (first at {where})")
+    counts[key] += 1
+
+
+def conversation_pair(obj: dict) -> tuple[dict | None, str | None]:
+    """TRL's conversational preference row -> ({"prompt", "chosen", "rejected"} message lists, None), or
+    (None, why not). Without "prompt" (implicit prompt) the messages chosen and rejected share at the start
+    are the prompt, and what follows are the two responses."""
+    chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
+    for value in (chosen, rejected) + (() if prompt is None else (prompt,)):
+        if (reason := check_messages(value)) is not None:
+            return None, reason
+    if prompt is None:
+        shared = next((i for i, (c, r) in enumerate(zip(chosen, rejected)) if c != r), min(len(chosen), len(rejected)))
+        if shared == 0:
+            return None, "chosen and rejected share no prompt"
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if not chosen or not rejected:
+            return None, "chosen and rejected are the same conversation"
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, None
+
+
 def read_preference_jsonl(path, counts: Counter | None = None) -> list[dict]:
-    """Generic preference data: one {"prompt", "chosen", "rejected"} object per line (prompt may be "")."""
-    examples = []
+    """Preference data, one object per line: {"prompt", "chosen", "rejected"} strings (prompt may be ""), or
+    TRL's conversational rows whose values are lists of {"role", "content"} messages, with or without
+    "prompt" (implicit prompt). Conversational rows that are malformed are dropped, counted and named."""
+    examples, counts = [], Counter() if counts is None else counts
     for lineno, obj in read_jsonl(path, counts):
         where = f"{path}:{lineno}"
+        if isinstance(obj.get("chosen"), list) or isinstance(obj.get("prompt"), list):
+            example, reason = conversation_pair(obj)
+            if reason is not None:
+                drop(counts, reason, where)
+                continue
+            examples.append({**example, "source": where})
+            continue
         examples.append({"prompt": get_field(obj, "prompt", where),
                          "chosen": get_field(obj, "chosen", where, nonempty=True),
                          "rejected": get_field(obj, "rejected", where, nonempty=True), "source": where})
@@ -111,10 +165,22 @@ def read_preference_jsonl(path, counts: Counter | None = None) -> list[dict]:
 
 
 def read_sft_jsonl(path, counts: Counter | None = None) -> list[dict]:
-    """SFT data: one {"prompt", "completion"} object per line (prompt may be "")."""
-    examples = []
+    """SFT data, one object per line: {"prompt", "completion"} strings (prompt may be ""), the same with
+    message lists, or TRL's {"messages": [...]} conversations (the loss then covers every assistant turn)."""
+    examples, counts = [], Counter() if counts is None else counts
     for lineno, obj in read_jsonl(path, counts):
         where = f"{path}:{lineno}"
+        if "messages" in obj or isinstance(obj.get("prompt"), list):
+            parts = {"messages": obj.get("messages")} if "messages" in obj else \
+                {"prompt": obj.get("prompt"), "completion": obj.get("completion")}
+            reason = next((r for r in map(check_messages, parts.values()) if r is not None), None)
+            if reason is None and not any(m["role"] == "assistant" for m in list(parts.values())[-1]):
+                reason = "a conversation without an assistant turn to learn"
+            if reason is not None:
+                drop(counts, reason, where)
+                continue
+            examples.append({**parts, "source": where})
+            continue
         examples.append({"prompt": get_field(obj, "prompt", where),
                          "completion": get_field(obj, "completion", where, nonempty=True), "source": where})
     return examples

@@ -26,7 +26,8 @@ class IdTokenizer:
         return self.pad_id if self.pad_id is not None else self.eos_id
 
 
-@pytest.fixture(scope="module", params=["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied"])
+@pytest.fixture(scope="module", params=["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied",
+                                        "qwen3", "smollm3"])
 def pair(request, tmp_path_factory):
     """(transformers model, our model loaded from its checkpoint) for each family of tests/test_model.py."""
     transformers = pytest.importorskip("transformers")

@@ -15,7 +15,8 @@ EOS, PAD = 1, 0
 
 def hf_config(family: str):
     """Tiny random configs that exercise each family's peculiarities (partial / interleaved rotary,
-    parallel residual, GQA, llama3 rope scaling, tied and untied heads)."""
+    parallel residual, GQA, llama3 rope scaling, tied and untied heads, Qwen3's q/k norms with a head_dim
+    other than hidden_size / heads, SmolLM3's NoPE layer: the 4th by transformers' default)."""
     ids = dict(vocab_size=V, bos_token_id=2, eos_token_id=EOS, pad_token_id=PAD)
     T = transformers
     if family == "gpt2":
@@ -39,10 +40,17 @@ def hf_config(family: str):
                              attention_bias=True, rope_scaling={"rope_type": "llama3", "factor": 8.0,
                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                              "original_max_position_embeddings": 16, "rope_theta": 10000.0}, **ids)
+    if family == "qwen3":
+        return T.Qwen3Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                             head_dim=16, intermediate_size=48, max_position_embeddings=64, **ids)
+    if family == "smollm3":
+        return T.SmolLM3Config(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                               intermediate_size=48, max_position_embeddings=64,
+                               rope_parameters={"rope_type": "default", "rope_theta": 100.0}, **ids)
     raise KeyError(family)
 
 
-FAMILIES = ["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied"]
+FAMILIES = ["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied", "qwen3", "smollm3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -100,6 +108,17 @@ def test_kv_cache_decoding_equals_full_recompute(pair):
     incremental = torch.cat(steps, dim=1)
     torch.testing.assert_close(incremental[full_mask.bool()], full[full_mask.bool()], atol=1e-5, rtol=0)
     assert cache.length == full_ids.shape[1]
+
+
+def test_qwen3_and_smollm3_switches(pair):
+    """The switches the two families load into: q/k norms (Qwen3), NoPE on layer 3 of 4 (SmolLM3)."""
+    family, _, ours = pair
+    cfg = ours.config
+    assert cfg.qk_norm == (family == "qwen3")
+    assert cfg.nope_layers == ([3] if family == "smollm3" else None)
+    if family == "qwen3":
+        assert cfg.head_dim == 16 != cfg.n_embd // cfg.n_head and not cfg.qkv_bias
+        assert ours.blocks[0].attn.q_norm.weight.shape == (16,)
 
 
 def test_return_hidden_then_lm_head_is_logits(pair):
@@ -161,5 +180,7 @@ def test_config_errors_are_clear():
         GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
     with pytest.raises(ValueError, match="rope_scaling type 'yarn'"):
         GPTConfig(n_head=4, n_embd=32, position="rotary", rope_scaling={"rope_type": "yarn", "factor": 2})
+    with pytest.raises(ValueError, match=r"nope_layers must be layer indices in \[0, n_layer=2\)"):
+        GPTConfig(n_layer=2, n_head=4, n_embd=32, position="rotary", nope_layers=[2])
     with pytest.raises(ValueError, match="attention_mask shape"):
         small_model()(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4))

@@ -1,6 +1,6 @@
 """HTTP(S) file download with resume, a progress bar and clear errors. Standard library + tqdm only.
 
-Used by the Hugging Face hub loader (dpo/interop/hub.py) and the dataset downloader (dpo/data.py). A download
+Used by the Hugging Face hub loader (dpo/interop/hub.py) and the dataset downloader (dpo/interop/datasets.py). A download
 goes to `dest + ".part"` and is renamed onto `dest` only when complete and of the expected size, so an
 interrupted run leaves no half-written `dest`; the next call resumes the .part with an HTTP Range request.
 """

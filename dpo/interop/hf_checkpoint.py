@@ -1,7 +1,7 @@
 """Read and write checkpoints in Hugging Face layout (config.json + safetensors / pytorch_model.bin).
 
-Supported model_type: gpt2, gpt_neox, gptj, llama, mistral, qwen2. Our parameter names differ from
-Hugging Face's and some tensors are fused, so a layout is a list of entries
+Supported model_type: gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, smollm3. Our parameter names
+differ from Hugging Face's and some tensors are fused, so a layout is a list of entries
 
     (our_name, [hf_names], to_ours(list of hf tensors) -> tensor, to_hf(tensor) -> list of hf tensors)
 
@@ -11,6 +11,16 @@ Fused / reshaped tensors (C = n_embd, H heads, D = head_dim):
   (all heads of q, then k, then v), so the rows are regrouped (H, 3, D) -> (3, H, D).
 - GPT-J / Llama keep q_proj, k_proj, v_proj separate: concatenated into attn.qkv. Llama gate_proj and
   up_proj are concatenated into mlp.fc ([gate; up]).
+
+The Llama-shaped families differ by switches of GPTConfig:
+- qwen2: bias on q, k, v only (qkv_bias, no attn_out_bias).
+- qwen3: qk_norm (self_attn.q_norm / k_norm weights [D] <-> attn.q_norm / k_norm), attention_bias on
+  q, k, v and o alike, head_dim free of hidden_size / num_attention_heads.
+- smollm3: `no_rope_layers` is one flag per layer, 1 = this layer uses rotary, 0 = NoPE (the name says
+  the opposite; transformers' SmolLM3Attention: use_rope = no_rope_layers[layer_idx]); when absent,
+  every no_rope_layer_interval-th layer (default 4: layers 3, 7, ...) is NoPE. Ours: nope_layers, the
+  indices of the 0 entries.
+A config with both qk_norm and nope_layers matches no Hugging Face family and is refused on save.
 
 Entry points: `load_pretrained(name_or_dir, dtype, device)` (a folder, or a hub name fetched through
 dpo.interop.hub.resolve_model_dir) and `save_pretrained(model, directory, dtype)`; `config_from_hf` /
@@ -37,11 +47,14 @@ class CheckpointError(UserError, ValueError):
     pass
 
 
-SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2")
+SUPPORTED = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "smollm3")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
 PREFIX = {"gpt2": "transformer.", "gptj": "transformer.", "gpt_neox": "gpt_neox.",
-          "llama": "model.", "mistral": "model.", "qwen2": "model."}
+          **dict.fromkeys(LLAMA_LIKE, "model.")}
 ARCHITECTURE = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neox": "GPTNeoXForCausalLM",
-                "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+                "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+DEFAULT_ROPE_THETA = {"smollm3": 2000000.0}  # transformers' default where config.json gives none; else 10000
 ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "gelu": "gelu", "gelu_python": "gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
 ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "silu": "silu", "relu": "relu"}
@@ -115,24 +128,32 @@ def config_from_hf(hf: dict, source="config.json") -> GPTConfig:
             norm_eps=get("layer_norm_epsilon", default=1e-5), activation=act("activation_function", "gelu_new"),
             parallel_residual=True, shared_norm=True, qkv_bias=False, attn_out_bias=False, lm_head_bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", False), **ids)
-    # llama family: llama, mistral (no biases), qwen2 (bias on q, k, v only)
-    n_embd, n_head = get("hidden_size"), get("num_attention_heads")
+    # llama family: llama, smollm3 (attention_bias, mlp_bias), mistral (no biases), qwen2 (bias on q, k, v
+    # only), qwen3 (attention_bias on q, k, v, o)
+    n_embd, n_head, n_layer = get("hidden_size"), get("num_attention_heads"), get("num_hidden_layers")
     head_dim = hf.get("head_dim") or n_embd // n_head
     max_seq_len = get("max_position_embeddings", default=2048)
     window = hf.get("sliding_window") if (mt == "mistral" or hf.get("use_sliding_window")) else None
     if window:  # within the window, sliding-window attention is plain causal attention
         max_seq_len = min(max_seq_len, window)
-    qkv_bias = hf.get("attention_bias", False) if mt == "llama" else mt == "qwen2"
+    attention_bias = bool(hf.get("attention_bias")) and mt in ("llama", "qwen3", "smollm3")
+    nope_layers = None
+    if mt == "smollm3":  # no_rope_layers[i] == 1: layer i uses rotary; 0: NoPE (see the module docstring)
+        every = hf.get("no_rope_layer_interval") or 4
+        use_rope = hf.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n_layer)]
+        unsupported(len(use_rope) < n_layer, f"no_rope_layers of {len(use_rope)} entries for {n_layer} layers")
+        nope_layers = [i for i in range(n_layer) if not use_rope[i]] or None
     return GPTConfig(
-        vocab_size=get("vocab_size"), n_layer=get("num_hidden_layers"), n_head=n_head, n_embd=n_embd,
+        vocab_size=get("vocab_size"), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         n_kv_head=hf.get("num_key_value_heads") or n_head, head_dim=head_dim, mlp_hidden=get("intermediate_size"),
         max_seq_len=max_seq_len, position="rotary",
         rotary_dim=int(head_dim * rope.get("partial_rotary_factor", 1.0)),
-        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), rope_scaling=scaling or None,
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", DEFAULT_ROPE_THETA.get(mt, 10000.0))),
+        rope_scaling=scaling or None, nope_layers=nope_layers, qk_norm=mt == "qwen3",
         norm="rmsnorm", norm_eps=get("rms_norm_eps", default=1e-6), activation=act("hidden_act", "silu"),
-        gated_mlp=True, qkv_bias=qkv_bias, attn_out_bias=hf.get("attention_bias", False) if mt == "llama" else False,
-        mlp_bias=hf.get("mlp_bias", False) if mt == "llama" else False,
-        tie_embeddings=hf.get("tie_word_embeddings", False), **ids)
+        gated_mlp=True, qkv_bias=attention_bias or mt == "qwen2", attn_out_bias=attention_bias,
+        mlp_bias=bool(hf.get("mlp_bias")) and mt in ("llama", "smollm3"),
+        tie_embeddings=hf.get("tie_word_embeddings", mt == "smollm3"), **ids)
 
 
 def model_type_of(cfg: GPTConfig) -> str:
@@ -141,6 +162,11 @@ def model_type_of(cfg: GPTConfig) -> str:
         if not ok:
             raise CheckpointError(f"config cannot be saved in Hugging Face layout: {mt} needs {what}")
     same_heads = cfg.n_kv_head == cfg.n_head and cfg.head_dim * cfg.n_head == cfg.n_embd
+    if cfg.qk_norm or cfg.nope_layers:
+        mt = "qwen3" if cfg.qk_norm else "smollm3"
+        need(not (cfg.qk_norm and cfg.nope_layers), mt, "qk_norm (qwen3) or nope_layers (smollm3), not both")
+        need(cfg.position == "rotary" and not cfg.rotary_interleaved and cfg.norm == "rmsnorm", mt,
+             "half-split rotary and rmsnorm")
     if cfg.position == "learned":
         need(cfg.norm == "layernorm" and not cfg.gated_mlp and not cfg.parallel_residual, "gpt2",
              "layernorm, a plain mlp, a sequential block")
@@ -161,10 +187,15 @@ def model_type_of(cfg: GPTConfig) -> str:
         return "gpt_neox"
     need(cfg.gated_mlp and not cfg.parallel_residual and not cfg.lm_head_bias, "llama",
          "a gated mlp, a sequential block, no lm_head bias")
-    if cfg.qkv_bias and not cfg.attn_out_bias and not cfg.mlp_bias:
+    if cfg.qk_norm:
+        need(cfg.qkv_bias == cfg.attn_out_bias and not cfg.mlp_bias, "qwen3",
+             "q, k, v and o biases all or none, no mlp biases")
+        return "qwen3"
+    if cfg.qkv_bias and not cfg.attn_out_bias and not cfg.mlp_bias and not cfg.nope_layers:
         return "qwen2"
-    need(cfg.qkv_bias == cfg.attn_out_bias, "llama", "q, k, v and o biases all or none")
-    return "llama"
+    mt = "smollm3" if cfg.nope_layers else "llama"
+    need(cfg.qkv_bias == cfg.attn_out_bias, mt, "q, k, v and o biases all or none")
+    return mt
 
 
 def config_to_hf(cfg: GPTConfig, dtype: torch.dtype | None = None) -> dict:
@@ -198,9 +229,14 @@ def config_to_hf(cfg: GPTConfig, dtype: torch.dtype | None = None) -> dict:
     hf.update(num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rope_parameters=rope,
               attention_dropout=cfg.dropout)
-    if mt == "llama":
-        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
-    else:
+    if mt in ("llama", "smollm3", "qwen3"):
+        hf["attention_bias"] = cfg.qkv_bias
+    if mt in ("llama", "smollm3"):
+        hf["mlp_bias"] = cfg.mlp_bias
+    if mt == "smollm3":  # 1 = the layer uses rotary (see the module docstring)
+        hf["no_rope_layers"] = [int(i not in cfg.nope_layers) for i in range(cfg.n_layer)]
+        hf["pad_token_id"] = None  # else transformers' default 128004, outside a smaller vocabulary
+    if mt != "llama":
         hf.update(use_sliding_window=False, sliding_window=None)
     return hf
 
@@ -272,6 +308,8 @@ def layout(cfg: GPTConfig, mt: str) -> list[tuple]:
             add(b + "norm1", [h + "input_layernorm"], bias=ln)
             add(b + "attn.qkv", [h + f"self_attn.{x}_proj" for x in "qkv"], _concat([q, kv, kv]), cfg.qkv_bias)
             add(b + "attn.proj", [h + "self_attn.o_proj"], bias=cfg.attn_out_bias)
+            for x in "qk" if cfg.qk_norm else "":  # Qwen3's per-head RMSNorm gains [D]
+                add(b + f"attn.{x}_norm", [h + f"self_attn.{x}_norm"], bias=False)
             add(b + "norm2", [h + "post_attention_layernorm"], bias=ln)
             add(b + "mlp.fc", [h + "mlp.gate_proj", h + "mlp.up_proj"], _concat([cfg.mlp_hidden] * 2), cfg.mlp_bias)
             add(b + "mlp.proj", [h + "mlp.down_proj"], bias=cfg.mlp_bias)

@@ -34,11 +34,21 @@ HF_CONFIGS = {
         num_hidden_layers=2, num_attention_heads=2, hidden_size=32, intermediate_size=48, max_position_embeddings=32,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 8, "rope_theta": 500.0}, **IDS),
+    # the variants tests/test_model.py does not cover: biases on q, k, v and o, a tied head, head_dim 12
+    "qwen3": lambda: transformers.Qwen3Config(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, hidden_size=32, head_dim=12,
+        intermediate_size=48, max_position_embeddings=32, attention_bias=True, tie_word_embeddings=True, **IDS),
+    # NoPE on the first layer (no_rope_layers: 1 = rotary), all biases, an untied head
+    "smollm3": lambda: transformers.SmolLM3Config(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=48,
+        max_position_embeddings=32, no_rope_layers=[0, 1, 1], attention_bias=True, mlp_bias=True,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 100.0}, pad_token_id=None,
+        **IDS),
 }
 # what our save_pretrained writes: Mistral without a sliding window is a Llama
 SAVED_AS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "gptj": "GPTJForCausalLM",
             "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "LlamaForCausalLM",
-            "llama3_scaled": "LlamaForCausalLM"}
+            "llama3_scaled": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
 
 
 def hf_model(family):
@@ -75,7 +85,7 @@ def test_config_round_trip(family):
     assert config_from_hf(config_to_hf(cfg)) == cfg
 
 
-@pytest.mark.parametrize("family", ["qwen2", "mistral", "llama3_scaled"])
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "llama3_scaled", "qwen3", "smollm3"])
 def test_transformers_checkpoint_loads_into_ours(family, tmp_path):
     """The other direction for the families tests/test_model.py does not cover."""
     hf = hf_model(family)
@@ -84,6 +94,38 @@ def test_transformers_checkpoint_loads_into_ours(family, tmp_path):
     if family == "mistral":  # within its sliding window Mistral is plain causal attention
         assert ours.config.max_seq_len == 32
     assert_same_logits(ours, hf)
+
+
+def test_qwen3_and_smollm3_config_mapping():
+    """Qwen3: qk_norm, attention_bias on q, k, v and o. SmolLM3: nope_layers are the 0 entries of
+    no_rope_layers (1 = the layer uses rotary), or every no_rope_layer_interval-th layer when the list is absent."""
+    qwen3 = config_from_hf(HF_CONFIGS["qwen3"]().to_dict())
+    assert qwen3.qk_norm and qwen3.qkv_bias and qwen3.attn_out_bias and not qwen3.mlp_bias and qwen3.nope_layers is None
+    assert (qwen3.head_dim, qwen3.n_kv_head, qwen3.tie_embeddings) == (12, 1, True)
+    smol = config_from_hf(HF_CONFIGS["smollm3"]().to_dict())
+    assert smol.nope_layers == [0] and not smol.qk_norm and smol.mlp_bias
+    assert config_to_hf(smol)["no_rope_layers"] == [0, 1, 1]
+    hf = transformers.SmolLM3Config(num_hidden_layers=8, no_rope_layer_interval=3)
+    expected = [i for i, use_rope in enumerate(hf.no_rope_layers) if not use_rope]
+    assert expected == [2, 5]
+    d = hf.to_dict()
+    assert config_from_hf(d).nope_layers == expected
+    del d["no_rope_layers"]  # a hand-written config.json: transformers' rule, every 3rd layer
+    assert config_from_hf(d).nope_layers == expected
+    del d["no_rope_layer_interval"], d["rope_parameters"]
+    assert config_from_hf(d).nope_layers == [3, 7] and config_from_hf(d).rope_theta == 2000000.0  # its defaults
+    d["no_rope_layers"] = [1] * 8  # no NoPE layer left: a plain Llama, saved as one
+    assert config_from_hf(d).nope_layers is None and config_to_hf(config_from_hf(d))["model_type"] == "llama"
+
+
+def test_configs_of_no_hugging_face_family_are_refused_on_save(tmp_path):
+    llama = config_from_hf(HF_CONFIGS["llama"]().to_dict())
+    with pytest.raises(CheckpointError, match="not both"):
+        save_pretrained(GPT(GPTConfig(**{**vars(llama), "qk_norm": True, "nope_layers": [1]})), tmp_path)
+    with pytest.raises(CheckpointError, match="qwen3 needs half-split rotary and rmsnorm"):
+        config_to_hf(GPTConfig(n_layer=2, n_head=4, n_embd=32, qk_norm=True))  # GPT-2 with q/k norms
+    with pytest.raises(CheckpointError, match="smollm3 needs q, k, v and o biases all or none"):
+        config_to_hf(GPTConfig(**{**vars(llama), "nope_layers": [0], "qkv_bias": True}))
 
 
 def test_sharded_safetensors(tmp_path):
