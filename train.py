@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, formats, losses, quickstart, reference_cache, reward_model
+from dpo import (batching, checkpoint, data, distributed, formats, lora, losses, quickstart, reference_cache,
+                 reward_model)
 from dpo.config import Config, ConfigError, check_paths, load_config, save_config, validate
 from dpo.errors import PeerFailed, UserError, entry_point
 from dpo.files import atomic_dir
@@ -221,11 +222,12 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
     """The model being trained: from the latest checkpoint on resume, else from model.name, else new. Reward
     models (kind classification / reward_pairs) put a zero-initialised linear head on that GPT. With `meta`
     only the shapes are built (FSDP ranks > 0 receive rank 0's weights when the model is sharded)."""
-    m, is_reward_model = config.model, kind in ("classification", "reward_pairs")
+    m, is_reward_model, rank = config.model, kind in ("classification", "reward_pairs"), config.lora.rank
     if is_reward_model and resume_from is not None and not meta:
         model = reward_model.load_reward_model(resume_from, getattr(torch, m.dtype), ctx.device).requires_grad_()
-    elif resume_from is not None or m.name:
-        model = load_model(resume_from or resolve_model_dir(m.name), config, ctx, True, meta)
+    elif resume_from is not None or m.name:  # (LoRA: the frozen base, and the checkpoint's adapters below)
+        base = resume_from if resume_from is not None and not rank else resolve_model_dir(m.name)
+        model = load_model(base, config, ctx, True, meta)
     else:
         with torch.device("meta" if meta else ctx.device):
             model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=m.n_layer, n_head=m.n_head,
@@ -235,6 +237,10 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
         with torch.device("meta" if meta else ctx.device):
             model = reward_model.RewardModel(model, 2 if kind == "classification" else 1,
                                              pad_id=tokenizer.pad_id_or_eos())
+    if rank and resume_from is not None:
+        lora.load_adapter(model, resume_from / "adapter")
+    elif rank:
+        lora.add_lora(model, rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
     context = getattr(model, "backbone", model).config.max_seq_len
     if config.data.max_length > context:
         raise ConfigError(f"data.max_length: expected <= {context}, the context of model {m.name}, "
@@ -250,6 +256,8 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
     example in `examples` (a list per split), computed once across ranks and kept on disk. Returns one entry
     per split."""
     path = config.reference or config.model.name
+    if config.lora.rank and path == config.model.name and not config.train.reference_cache:
+        return [lora.WithoutAdapters(policy)] * len(examples)  # the base: the policy with its adapters off
     if not path:  # a new model: the reference is the initial policy, kept on disk for resumes
         path = out_dir / "reference"
         if resume_from is None:
@@ -258,6 +266,8 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
     path, on_meta = resolve_model_dir(str(path)), mode == "fsdp" and not ctx.is_main
 
     def load():
+        if config.lora.rank and path == resolve_model_dir(config.model.name):
+            return lora.WithoutAdapters(policy)
         return distributed.wrap(load_model(path, config, ctx, trainable=False, meta=on_meta), mode, ctx,
                                 mixed_precision=config.train.mixed_precision, trainable=False)
     if not config.train.reference_cache:
@@ -382,7 +392,7 @@ def train(config: Config) -> dict:
         trainer_state = {"step": step, "examples": examples_seen, "data": schedule.state_dict(),
                          "scheduler": scheduler.state_dict(), "log_lines": log.line_counts(),
                          "early_stopping": early, "scaler": scaler.state_dict(), "config": dataclasses.asdict(config)}
-        checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer)
+        checkpoint.save_checkpoint(out_dir, step, policy, optimizer, trainer_state, ctx, tokenizer, config.model.name)
 
     progress = progress_bar(schedule.n_steps, step, enabled=ctx.is_main)
     per_rank_batch = t.batch_size // ctx.world_size
@@ -414,7 +424,7 @@ def train(config: Config) -> dict:
             eval_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
             log.log(eval_metrics, examples_seen)
             if t.early_stopping_patience and watch(early, eval_metrics, t):  # a new best: keep it
-                save_final(policy, out_dir, ctx, tokenizer, name="best")
+                save_final(policy, out_dir, ctx, tokenizer, name="best", lora_base=config.model.name)
         if t.sample_every and step % t.sample_every == 0:
             sample_now()
         if t.save_every and step % t.save_every == 0 and step < schedule.n_steps:
@@ -428,7 +438,7 @@ def train(config: Config) -> dict:
         checkpoint_now()  # before the final evaluation and samples: a resume after a kill redoes them once
     final_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
     log.log(final_metrics, examples_seen)
-    final_dir = save_final(policy, out_dir, ctx, tokenizer)
+    final_dir = save_final(policy, out_dir, ctx, tokenizer, lora_base=config.model.name)
     rewards = sample_now() if t.sample_reward and sample_prompts else {}
     if ctx.is_main:
         print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
@@ -532,12 +542,12 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
     return rewards
 
 
-def save_final(policy, out_dir: Path, ctx, tokenizer, name: str = "final") -> Path:
+def save_final(policy, out_dir: Path, ctx, tokenizer, name: str = "final", lora_base: str = "") -> Path:
     """out_dir/final/ (or best/): the policy in Hugging Face layout, written aside and renamed (a kill keeps
     the old one). Every rank calls it (gathering FSDP shards is collective); rank 0 writes."""
     folder = out_dir / name
     with atomic_dir(folder) if ctx.is_main else contextlib.nullcontext() as tmp:
-        checkpoint.save_hf(policy, tmp, ctx, tokenizer)
+        checkpoint.save_hf(policy, tmp, ctx, tokenizer, lora_base)
     distributed.barrier()
     return folder
 

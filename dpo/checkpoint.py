@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
 )
 
+from dpo import lora
 from dpo.config import ConfigError
 from dpo.distributed import Dist, barrier, unwrap
 from dpo.files import atomic_write
@@ -48,20 +49,26 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_hf(model, out: Path, ctx: Dist, tokenizer=None) -> None:
-    """Write the policy in Hugging Face layout into `out` (must not exist yet) from rank 0."""
+def save_hf(model, out: Path, ctx: Dist, tokenizer=None, lora_base: str = "") -> None:
+    """Write the policy in Hugging Face layout into `out` (must not exist yet) from rank 0. A LoRA policy is
+    written merged (it loads as a plain model), and its adapters also in PEFT's layout in out/adapter/
+    (`lora_base`: the base model they apply to); resuming reads the adapters back onto the base."""
     state = full_state_dict(model)
     if ctx.is_main:
         inner = unwrap(model)
         if isinstance(inner, RewardModel):  # *ForSequenceClassification layout
             save_reward_model(inner, out, state_dict=state)
+        elif lora.lora_modules(inner):
+            save_pretrained(inner, out, state_dict=lora.merged_state_dict(inner, state))
+            lora.save_adapter(inner, out / "adapter", lora_base, state_dict=state)
         else:
             save_pretrained(inner, out, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
 
 
-def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, ctx: Dist, tokenizer=None) -> Path:
+def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, ctx: Dist, tokenizer=None,
+                    lora_base: str = "") -> Path:
     """Collective: every rank calls it. Returns the checkpoint folder."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
@@ -70,7 +77,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
         remove_checkpoint(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    save_hf(model, tmp, ctx, tokenizer)
+    save_hf(model, tmp, ctx, tokenizer, lora_base)
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
     torch.save(rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
     barrier()

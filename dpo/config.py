@@ -63,6 +63,14 @@ class LossConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0                   # LoRA rank r (0 = full fine-tuning); the base weights stay frozen
+    alpha: float = 16.0             # the adapters' output is scaled by alpha / r
+    dropout: float = 0.0            # dropout on the adapters' input
+    target_modules: list = field(default_factory=lambda: ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"])
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
     seed: int = 0
@@ -112,6 +120,7 @@ class Config:
     reference: str = ""             # reference model path; "" = a frozen copy of the initial policy
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     next_config: str = ""           # a config to run after this one (e.g. DPO after SFT); overrides don't carry
@@ -246,6 +255,12 @@ def validate(config: Config) -> None:
                     f"a positive multiple of model.n_head ({m.n_head})", m.n_embd),
                    ("data.max_length", d.max_length <= m.max_seq_len,
                     f"<= model.max_seq_len ({m.max_seq_len})", d.max_length)]
+    if c.lora.rank:
+        ranges += [("lora.rank", c.lora.rank > 0 and bool(m.name), "> 0, with a pretrained model.name", c.lora.rank),
+                   ("lora.alpha", c.lora.alpha > 0, "> 0", c.lora.alpha),
+                   ("lora.dropout", 0 <= c.lora.dropout < 1, "in [0, 1)", c.lora.dropout),
+                   ("lora.target_modules", bool(c.lora.target_modules), "a non-empty list", c.lora.target_modules),
+                   ("loss.name", loss.name not in ("classifier", "reward_model"), "a policy loss with LoRA", loss.name)]
     if loss.name not in ("classifier", "reward_model"):  # reward models read max_length only
         ranges.append(("data.max_prompt_length", 0 < d.max_prompt_length < d.max_length,
                        f"in (0, data.max_length = {d.max_length})", d.max_prompt_length))

@@ -115,6 +115,22 @@ def adapters_disabled(model: nn.Module):
             m.enabled = on
 
 
+class WithoutAdapters:
+    """The frozen reference of a LoRA run: the policy itself with its adapters switched off, so no second
+    copy of the weights is loaded. Called like the model; its other attributes (lm_head, config) are the
+    policy's."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        with adapters_disabled(self.model):
+            return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 def _candidates(model: nn.Module) -> list[str]:
     """Names of the linear layers inside transformer blocks (blocks.{i}.attn.qkv, ...)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.search(r"(^|\.)blocks\.\d+\.", n)]
@@ -125,6 +141,7 @@ def _no_match_error(missing: list[str], candidates: list[str]) -> LoRAError:
     n_layer = len({re.search(r"blocks\.\d+\.", n).group(0) for n in candidates})
     hints = [f"{t!r} is Hugging Face's name, ours is {HF_NAMES[t.split('.')[-1]]}" for t in missing
              if t.split(".")[-1] in HF_NAMES]
+    hints += ["lm_head is not a target (the log-probs read its weight directly)"] * any("lm_head" in t for t in missing)
     return LoRAError(f"LoRA target_modules {', '.join(map(repr, missing))} match no linear layer of the model; its "
                      f"linear layers are {', '.join(kinds)} in each of blocks.0 .. blocks.{n_layer - 1} "
                      f"(a target is a name or its ending, e.g. 'attn.qkv' or 'blocks.0.mlp.fc', or {ALL_LINEAR!r})"
@@ -199,10 +216,11 @@ def _hf_modules(model: nn.Module, hf_model_type: str | None) -> tuple[str, dict]
     mt = hf_model_type or own
     names = lambda t: [hf for _, hf, *_ in layout(cfg, t)]  # noqa: E731
     try:
-        if names(mt) != names(own):
-            raise KeyError(mt)
-    except KeyError:
-        raise LoRAError(f"hf_model_type {mt!r} does not fit this model, whose Hugging Face layout is {own}") from None
+        fits = names(mt) == names(own)  # e.g. mistral / qwen2 module names for a llama-layout model
+    except KeyError:  # not a model_type we know
+        fits = False
+    if not fits:
+        raise LoRAError(f"hf_model_type {mt!r} does not fit this model, whose Hugging Face layout is {own}")
     return mt, {ours.removesuffix(".weight"): ([n.removesuffix(".weight") for n in hf], to_ours, to_hf)
                 for ours, hf, to_ours, to_hf in layout(cfg, mt) if ours.endswith(".weight")}
 

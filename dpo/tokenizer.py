@@ -23,6 +23,9 @@ tokenizer.json (e.g. GPT-NeoX's runs of spaces) are always matched first, as `to
 special_tokens_map.json, config.json's *_token_id (the first one when it is a list), then the first
 common name present in the vocabulary (EOS_NAMES, BOS_NAMES, PAD_NAMES below); None when none applies.
 pad never silently becomes eos: call `pad_id_or_eos()` when you want that fallback.
+`chat_template`: the model's Jinja chat template as transformers finds it (chat_template.jinja, else
+tokenizer_config.json's "chat_template": a string, or the "default" of a list of {name, template}), or None;
+dpo/chat_template.py renders it. save_pretrained keeps it.
 
 Round trip: decode(encode(s)) == s for every str s (lone surrogates aside), except (a) tokenizer.json
 files with an NFC/NFKC normalizer (Pythia, Qwen2) give back the normalized text, (b) a SentencePiece
@@ -112,6 +115,18 @@ def _token_content(value):
     return value if isinstance(value, str) else None
 
 
+def _config_chat_template(config: dict, folder=None) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or the "default" of a list of {name, template}."""
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    if template is not None and not isinstance(template, str):
+        raise TokenizerError(f"{folder or '.'}/tokenizer_config.json: chat_template must be a string or a list of "
+                             "{name, template} objects")
+    return template
+
+
 @dataclass(repr=False)
 class Tokenizer:
     """Text <-> token ids over one backend (ByteLevelBPE or SentencePiece). Build it with a from_* method."""
@@ -123,6 +138,7 @@ class Tokenizer:
     pad_token: str | None = None
     files: dict[str, object] = field(default_factory=dict)   # saved-dir name -> source Path | JSON dict
     config: dict = field(default_factory=dict)               # tokenizer_config.json as read (if any)
+    chat_template: str | None = None                         # the Jinja chat template (see the module docstring)
 
     def __post_init__(self):
         self._split_re = {}
@@ -293,7 +309,11 @@ class Tokenizer:
         for t in resolved.values():
             if t is not None:
                 special.setdefault(t, backend.token_to_id(t))
-        return cls(backend, special, files=files, config=config, **resolved)
+        if folder is not None and (folder / "chat_template.jinja").is_file():  # as transformers: it wins
+            chat_template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        else:
+            chat_template = _config_chat_template(config, folder)
+        return cls(backend, special, files=files, config=config, chat_template=chat_template, **resolved)
 
     # -- encoding ----------------------------------------------------------------------------------
 
@@ -403,6 +423,8 @@ class Tokenizer:
                 atomic_write(dest, json.dumps(source, ensure_ascii=False, indent=2))
             written.append(dest)
         config = dict(self.config)
+        if self.chat_template is not None and _config_chat_template(config) != self.chat_template:
+            config["chat_template"] = self.chat_template
         for key in ("eos_token", "bos_token", "pad_token"):  # null too: reloading must not guess a name
             ours = getattr(self, key)
             if key not in config or _token_content(config[key]) != ours:

@@ -25,6 +25,8 @@ FAMILIES = {  # tiny configs that save_pretrained writes as each Hugging Face mo
     "llama": dict(position="rotary", tie_embeddings=False, n_kv_head=2, mlp_hidden=48, norm="rmsnorm",
                   activation="silu", gated_mlp=True, qkv_bias=False, attn_out_bias=False, mlp_bias=False),
 }
+FAMILIES["qwen3"] = dict(FAMILIES["llama"], qk_norm=True, head_dim=16)
+FAMILIES["smollm3"] = dict(FAMILIES["llama"], nope_layers=[1])
 INPUT = torch.randint(2, V, (2, 11), generator=torch.Generator().manual_seed(0))
 LINEARS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
 
@@ -91,7 +93,8 @@ def test_add_lora_starts_at_the_base_and_trains_only_the_adapters(family):
     for step in range(2):
         optimizer.zero_grad()
         model.train()(INPUT).logsumexp(-1).mean().backward()
-        grads = {x: [getattr(m, f"lora_{x}").grad.abs().sum().item() for _, m in lora.lora_modules(model)] for x in "AB"}
+        grads = {x: [getattr(m, f"lora_{x}").grad.abs().sum().item() for _, m in lora.lora_modules(model)]
+                 for x in "AB"}
         assert all(g > 0 for g in grads["B"])
         assert all((g > 0) == (step == 1) for g in grads["A"]), (step, grads["A"])
         assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
@@ -198,8 +201,8 @@ def one_line_error(fn, *named):
 
 def test_bad_input_is_one_clear_line(tmp_path):
     base = base_model("llama")
-    message = one_line_error(lambda: lora.add_lora(copy.deepcopy(base), 4, 8, 0.0, ["attn.qkv", "q_proj", "wte"]),
-                             "'q_proj'", "'wte'", *LINEARS, "blocks.1")
+    message = one_line_error(lambda: lora.add_lora(copy.deepcopy(base), 4, 8, 0.0, ["attn.qkv", "q_proj", "lm_head"]),
+                             "'q_proj'", "'lm_head'", *LINEARS, "blocks.1", "lm_head is not a target")
     assert "'attn.qkv'," not in message and "ours is attn.qkv" in message
     one_line_error(lambda: lora.add_lora(copy.deepcopy(base), 0, 8, 0.0, ["attn.qkv"]), "rank")
     _, model = lora_model("llama")

@@ -514,3 +514,35 @@ def test_fp16_under_fsdp2_runs_with_a_sharded_scaler(base_model, tmp_path):
     lines = metrics_lines(tmp_path / "fsdp")
     assert [r["loss_scale"] for r in lines if "loss_scale" in r] == [65536.0] * 3
     assert all(math.isfinite(r["loss/train"]) for r in lines if "loss/train" in r)
+
+
+def test_lora_dpo_starts_at_ln2_without_a_second_model_and_resumes_exactly(base_model, tmp_path, monkeypatch):
+    """LoRA: the reference is the policy with its adapters off (load_model runs once), so step 0's DPO loss
+    is ln 2; only the adapters move; final/ is the merged model (transformers loads it) with the adapters in
+    PEFT's layout in final/adapter/; a killed run resumes to the same weights; the reference cache agrees."""
+    settings = ("lora.rank=4", "lora.alpha=8", "train.optimizer=adamw", "train.lr=1e-2", "train.max_examples=32",
+                "train.save_every=1")
+    loaded, real_load_model = [], train.load_model
+
+    def spy(path, config, ctx, trainable, meta=False):
+        loaded.append(trainable)
+        return real_load_model(path, config, ctx, trainable, meta)
+    with monkeypatch.context() as m:
+        m.setattr(train, "load_model", spy)
+        run(base_model, tmp_path / "full", *settings)
+    assert loaded == [True]
+    first = metrics_lines(tmp_path / "full")[0]
+    assert abs(first["loss/train"] - math.log(2)) < 1e-6
+    final, base = final_weights(tmp_path / "full"), load_file(base_model / "model.safetensors")
+    moved = [k for k in final if not torch.equal(final[k], base[k])]
+    assert moved and all(any(p in k for p in ("c_attn", "c_proj", "c_fc")) for k in moved)  # only adapted layers
+    assert (tmp_path / "full" / "final" / "adapter" / "adapter_config.json").is_file()
+    with monkeypatch.context() as m:
+        kill(m, "after the step-2 checkpoint")
+        with pytest.raises(Killed):
+            run(base_model, tmp_path / "killed", *settings)
+    run(base_model, tmp_path / "killed", *settings, "train.resume=true")
+    assert_weights_close(final, final_weights(tmp_path / "killed"), 0.0)
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    run(base_model, tmp_path / "cached", *settings, "train.reference_cache=true")
+    assert_weights_close(final, final_weights(tmp_path / "cached"), 1e-6)
