@@ -196,6 +196,7 @@ def validate(config: Config) -> None:
     Choices (CHOICES, data.format, loss.name and its options), numeric ranges, CUDA when train.device asks
     for it, and a new model's shape. Paths and the lengths a pretrained model allows are checked when they
     are opened (train.py)."""
+    from dpo.chat_template import FAMILIES
     from dpo.formats import FORMATS
     from dpo.losses import check_options, parse_loss_names
     c, problems = config, []
@@ -206,6 +207,9 @@ def validate(config: Config) -> None:
             problems.append(f"{key}: expected one of {' | '.join(a or repr(a) for a in allowed)}, got {value!r}")
     if c.data.format not in FORMATS:
         problems.append(f"data.format: expected one of {' | '.join(FORMATS)}, got {c.data.format!r}")
+    if c.data.chat_template and c.data.chat_template not in FAMILIES:
+        problems.append(f"data.chat_template: expected \"\" (the tokenizer's own) or one of {' | '.join(FAMILIES)}, "
+                        f"got {c.data.chat_template!r}")
     import torch
     if c.train.device == "cuda" and not torch.cuda.is_available():
         problems.append("train.device: cuda asked for, but no CUDA device is available (use auto or cpu)")

@@ -355,3 +355,59 @@ def test_gpt2_prompt_response_boundary(shared_data):
     reviews = formats.read_imdb(shared_data / "aclImdb-mini", "test")[:100]
     for p, r in zip(formats.imdb_prefix_prompts(reviews, tok, seed=0), reviews):
         assert tok.encode(r["text"])[: len(p["prompt_input_ids"])] == p["prompt_input_ids"]
+
+
+# ----- conversational examples: rendered by the chat template ------------------------------------------------
+
+def chatml_tokenizer():
+    """Byte-level ids plus ChatML's special tokens (ids 257, 258), no chat template of its own."""
+    from dpo.interop.bpe import bytes_to_unicode
+    from dpo.tokenizer import Tokenizer
+    b2u = bytes_to_unicode()
+    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
+                              {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}, eos_token="<|endoftext|>")
+
+
+def messages(*pairs):
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+def test_conversational_pair_is_the_template_text_and_ends_with_the_end_of_turn_token():
+    from dpo import chat_template
+    tok = chatml_tokenizer()
+    prompt = messages(("system", "Be brief."), ("user", "Hi?"))
+    example = {"prompt": prompt, "chosen": messages(("assistant", "Hello.")), "rejected": messages(("assistant", "No."))}
+    ids = batching.encode_conversation(example, tok, "chatml")
+    assert ids["prompt"] == tok.encode(chat_template.render("chatml", prompt, add_generation_prompt=True),
+                                       allow_special=True)
+    assert ids["chosen"] == tok.encode("Hello.") + [258] and ids["rejected"] == tok.encode("No.") + [258]
+    whole = chat_template.render("chatml", prompt + example["chosen"], add_generation_prompt=False)
+    assert tok.decode(ids["prompt"] + ids["chosen"]) == whole.removesuffix("\n")  # the model stops at <|im_end|>
+
+
+def test_multi_turn_sft_learns_every_assistant_turn_and_nothing_else():
+    from dpo import chat_template
+    tok = chatml_tokenizer()
+    conversation = messages(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2"))
+    ids = batching.encode_conversation({"messages": conversation}, tok, "chatml")
+    whole = chat_template.render("chatml", conversation, add_generation_prompt=False).removesuffix("\n")
+    assert ids["prompt"] + ids["completion"] == tok.encode(whole, allow_special=True)
+    learned = [i for i in ids["completion_labels"] if i != IGNORE_INDEX]
+    assert learned == tok.encode("A1") + [258] + tok.encode("A2") + [258]
+    assert ids["completion_labels"][:3] == tok.encode("A1") + [258] and ids["completion_labels"][-3:] == learned[-3:]
+    kept, stats = batching.tokenize_dataset([{"messages": conversation, "source": "s:1"}], tok, kind="sft",
+                                            max_length=64, max_prompt_length=32, chat_template_family="chatml")
+    labels = [i for i in kept[0]["labels"] if i != IGNORE_INDEX]
+    assert labels == learned and stats["eos_removed"] == 0
+
+
+def test_conversational_data_needs_a_template():
+    from dpo.chat_template import ChatTemplateError
+    example = {"prompt": messages(("user", "Q")), "chosen": messages(("assistant", "A")),
+               "rejected": messages(("assistant", "B")), "source": "pairs.jsonl:1"}
+    with pytest.raises(DataError, match="pairs.jsonl:1: conversational data, but the tokenizer has no chat template"):
+        batching.tokenize_dataset([example], chatml_tokenizer(), kind="preference", max_length=64,
+                                  max_prompt_length=32)
+    with pytest.raises(ChatTemplateError, match="unknown chat template family 'chatmI'"):
+        batching.tokenize_dataset([example], chatml_tokenizer(), kind="preference", max_length=64,
+                                  max_prompt_length=32, chat_template_family="chatmI")

@@ -430,6 +430,9 @@ CONVERSATIONS = {
     "empty system": [{"role": "system", "content": ""}, U1, A1],
     "think tags": [U1, {"role": "assistant", "content": "<think>\nhm\n</think>\n\nFine."}, U2,
                    {"role": "assistant", "content": "<think>pick</think>Blue"}],
+    "tool response": [U1, {"role": "assistant", "content": "<think>plan</think>Calling."},   # qwen3: not a query
+                      {"role": "user", "content": "<tool_response>\n42\n</tool_response>"},
+                      {"role": "assistant", "content": "\nIt is 42."}],
     "unicode": [{"role": "user", "content": "Café 中文 👍🏽 <b>x</b> {{ y }} {% z %}"}, {"role": "assistant", "content": "ok ✓"}],
 }
 

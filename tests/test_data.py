@@ -131,3 +131,53 @@ def test_percentiles_are_nearest_rank():
     for p in (50, 90, 99):
         assert got[f"p{p}"] == int(np.percentile(values, p, method="inverted_cdf"))
     assert got["max"] == max(values) and data.percentiles([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- conversations
+
+def msgs(*pairs):
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+def test_conversational_preference_rows_explicit_and_implicit_prompt(tmp_path):
+    prompt = msgs(("system", "Be brief."), ("user", "Hi?"))
+    rows = [{"prompt": prompt, "chosen": msgs(("assistant", "Hello.")), "rejected": msgs(("assistant", "Go away."))},
+            {"chosen": prompt + msgs(("assistant", "Hello.")), "rejected": prompt + msgs(("assistant", "No."))},
+            {"prompt": "plain text", "chosen": " still", "rejected": " works"}]
+    examples = data.read_preference_jsonl(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert examples[0]["prompt"] == prompt and examples[0]["chosen"] == msgs(("assistant", "Hello."))
+    assert examples[1]["prompt"] == prompt and examples[1]["rejected"] == msgs(("assistant", "No."))  # implicit
+    assert examples[2]["prompt"] == "plain text" and examples[1]["source"].endswith("p.jsonl:2")
+
+
+def test_bad_conversational_rows_are_counted_with_their_first_line(tmp_path):
+    good = {"chosen": msgs(("user", "Q"), ("assistant", "A")), "rejected": msgs(("user", "Q"), ("assistant", "B"))}
+    rows = [good,
+            {"chosen": [{"role": "user"}], "rejected": msgs(("user", "Q"))},                       # no content
+            {"chosen": msgs(("robot", "Q")), "rejected": msgs(("user", "Q"))},                     # unknown role
+            {"chosen": msgs(("user", "A"), ("assistant", "x")), "rejected": msgs(("user", "B"))},  # no shared prompt
+            {"chosen": msgs(("user", "Q")), "rejected": msgs(("user", "Q"))},                      # identical
+            {"chosen": [{"role": "user", "content": 3}], "rejected": msgs(("user", "Q"))}]         # not a string
+    counts = Counter()
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    assert len(data.read_preference_jsonl(path, counts)) == 1
+    dropped = {k: v for k, v in counts.items() if k.startswith("rows dropped")}
+    assert dropped == {
+        f"rows dropped: a message without a role or a string content (first at {path}:2)": 2,
+        f"rows dropped: a message with an unknown role (expected one of system, user, assistant) (first at {path}:3)": 1,
+        f"rows dropped: chosen and rejected share no prompt (first at {path}:4)": 1,
+        f"rows dropped: chosen and rejected are the same conversation (first at {path}:5)": 1}
+    assert "left out by the reader: 1 rows dropped: chosen and rejected share no prompt" in \
+        data.format_summary("p", counts)
+
+
+def test_conversational_sft_rows(tmp_path):
+    conversation = msgs(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2"))
+    rows = [{"messages": conversation}, {"prompt": msgs(("user", "Q")), "completion": msgs(("assistant", "A"))},
+            {"messages": msgs(("user", "only a question"))}, {"prompt": "", "completion": "text"}]
+    counts = Counter()
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    examples = data.read_sft_jsonl(path, counts)
+    assert [sorted(e) for e in examples] == [["messages", "source"], ["completion", "prompt", "source"],
+                                            ["completion", "prompt", "source"]]
+    assert counts[f"rows dropped: a conversation without an assistant turn to learn (first at {path}:3)"] == 1
