@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from dpo import data, formats
+from dpo import batching, data, formats
 from dpo.data import DataError
 from dpo.errors import UserError, entry_point
 from dpo.evaluate.tables import read_samples
@@ -92,7 +92,11 @@ def _jsonl_prompts(path: str, counts: Counter) -> list[dict]:
     prompts, seen = [], {}
     for lineno, obj in data.read_jsonl(path, counts):
         where = f"{path}:{lineno}"
-        prompt = data.get_field(obj, "prompt", where)
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, list):
+            prompt = data.get_field(obj, "prompt", where)
+        elif (problem := data.check_messages(prompt)) is not None:  # a conversation: the chat template renders it
+            raise DataError(f"{where}: prompt: {problem}")
         prompt_id = obj.get("prompt_id", obj.get("id", len(prompts)))
         if not isinstance(prompt_id, (int, str)) or isinstance(prompt_id, bool):
             raise DataError(f"{where}: prompt_id must be an integer or a string, got {type(prompt_id).__name__}")
@@ -115,13 +119,16 @@ def is_single_turn(dialogue: str) -> bool:
 
 
 def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: bool = False,
-                 limit: int | None = None, subsample: int | None = None) -> tuple[list[dict], Counter]:
+                 limit: int | None = None, subsample: int | None = None, chat_template: str = ""
+                 ) -> tuple[list[dict], Counter]:
     """Prompts from a JSON-lines file or "dataset:PATH[:SPLIT]" (see the module docstring), tokenized.
 
     Returns ([{"prompt_id", "prompt", "prompt_input_ids", "reference"?, "label"?, "source"}], counts of
     what was left out). After --single-turn, `subsample` keeps a random subset of that many prompts
     (dpo.data.seeded_subset with prompt_seed, kept in order; the IMDB split is sorted by polarity, so its
-    first prompts are all negative reviews) and `limit` then keeps the first `limit`."""
+    first prompts are all negative reviews) and `limit` then keeps the first `limit`. Conversational prompts
+    (message lists) are rendered as training renders them: the chat template (`chat_template`, else the
+    tokenizer's own) with the generation prompt."""
     counts = Counter()
     kind, _, rest = source.partition(":")
     if kind == "quickstart" or (kind in DATASETS and rest):
@@ -146,7 +153,11 @@ def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: b
         counts[f"prompts after the first {limit} (--limit)"] += len(prompts) - limit
         prompts = prompts[:limit]
     for p in prompts:
-        if "prompt_input_ids" not in p:
+        if isinstance(p["prompt"], list):
+            family = batching.chat_family([p], tokenizer, chat_template)
+            p["prompt_input_ids"] = batching.encode_conversation(p, tokenizer, family)["prompt"]
+            p["prompt"] = tokenizer.decode(p["prompt_input_ids"])
+        elif "prompt_input_ids" not in p:
             p["prompt_input_ids"] = tokenizer.encode(p["prompt"])
     return prompts, counts
 
@@ -326,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsample", type=int, default=None,
                    help="use a random subset of N prompts (seeded by --prompt-seed, in their order)")
     p.add_argument("--single-turn", action="store_true", help="keep single-turn dialogues only (HH evaluation)")
+    p.add_argument("--chat-template", default="", help="conversational prompts: a template family (default: the "
+                   "tokenizer's own template)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -383,7 +396,8 @@ def main(argv=None) -> int:
             started_group = True
         model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, device, pick_dtype(args.dtype, device))
         prompts, counts = load_prompts(args.prompts, tokenizer, prompt_seed=args.prompt_seed,
-                                       single_turn=args.single_turn, limit=args.limit, subsample=args.subsample)
+                                       single_turn=args.single_turn, limit=args.limit, subsample=args.subsample,
+                                       chat_template=args.chat_template)
         if args.max_new_tokens >= model.config.max_seq_len:
             raise SampleError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
                               f"model's max_seq_len {model.config.max_seq_len}")

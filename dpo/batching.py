@@ -126,11 +126,9 @@ def encode_conversation(example: dict, tokenizer, family: str) -> dict:
         return before, full[:cut + len(end)], encode(full[len(before):cut]) + [end_id]
 
     if "messages" not in example:
-        ids = {}
-        for key in ("chosen", "rejected", "completion"):
-            if key in example:
-                before, _, ids[key] = reply(example["prompt"], example[key])
-        return {"prompt": encode(before), **ids}
+        before = chat_template.render(family, example["prompt"], add_generation_prompt=True, bos_token=bos)
+        return {"prompt": encode(before), **{key: reply(example["prompt"], example[key])[2]
+                                            for key in ("chosen", "rejected", "completion") if key in example}}
     done, prompt, completion, labels = "", None, [], []
     for i, message in enumerate(example["messages"]):
         if message["role"] == "assistant":

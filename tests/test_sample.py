@@ -318,3 +318,21 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, monkeypa
         named = [f"{out}:2: not a samples row"]
     refused(sample.main, ["--model", model, "--prompts", prompts, "--out", out, "--max-new-tokens", 8, *extra],
             capsys, tmp_path, *named)
+
+
+def test_conversational_prompts_are_rendered_by_the_chat_template(tmp_path):
+    """A prompt given as messages is rendered as training renders it (template + generation prompt)."""
+    from dpo.interop.bpe import bytes_to_unicode
+    from dpo.tokenizer import Tokenizer
+    b2u = bytes_to_unicode()
+    tok = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
+                             {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}, eos_token="<|im_end|>")
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi?"}]}) + "\n"
+                    + json.dumps({"prompt": "plain"}) + "\n")
+    prompts, _ = sample.load_prompts(str(path), tok, chat_template="chatml")
+    assert prompts[0]["prompt"] == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert prompts[0]["prompt_input_ids"][0] == 257 and prompts[1]["prompt"] == "plain"
+    path.write_text(json.dumps({"prompt": [{"role": "robot", "content": "Hi?"}]}) + "\n")
+    with pytest.raises(sample.DataError, match="prompts.jsonl:1: prompt: a message with an unknown role"):
+        sample.load_prompts(str(path), tok, chat_template="chatml")

@@ -546,3 +546,43 @@ def test_lora_dpo_starts_at_ln2_without_a_second_model_and_resumes_exactly(base_
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     run(base_model, tmp_path / "cached", *settings, "train.reference_cache=true")
     assert_weights_close(final, final_weights(tmp_path / "cached"), 1e-6)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny random GPT with a byte-level tokenizer that has ChatML's special tokens and a ChatML template."""
+    from dpo.interop.bpe import bytes_to_unicode
+    root = tmp_path_factory.mktemp("chat") / "model"
+    b2u = bytes_to_unicode()
+    tokenizer = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
+                                   {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258},
+                                   eos_token="<|im_end|>")
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(vocab_size=259, n_layer=2, n_head=2, n_embd=32, max_seq_len=128, eos_id=258)), root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def test_dpo_on_conversations_with_lora(chat_model, tmp_path):
+    """TRL-style conversational pairs (one with an implicit prompt) rendered as ChatML: DPO + LoRA starts at
+    ln 2, trains, and its samples are completions of the rendered chat prompt."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = []
+    for i in range(16):
+        prompt = [{"role": "user", "content": f"Say something nice about film {i}."}]
+        chosen, rejected = [{"role": "assistant", "content": "It is great."}], [{"role": "assistant", "content": "Bad."}]
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected} if i % 2 else
+                    {"chosen": prompt + chosen, "rejected": prompt + rejected})
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    final = train.train(load_config(None, [
+        f"model.name={chat_model}", f"train.out_dir={tmp_path / 'run'}", "data.format=preference_jsonl",
+        f"data.path={pairs}", "data.eval_examples=4", "data.max_length=96", "data.max_prompt_length=64",
+        "data.chat_template=chatml", "lora.rank=4", "train.batch_size=8", "train.micro_batch_size=4",
+        "train.max_examples=16", "train.optimizer=adamw", "train.lr=1e-2", "train.warmup_steps=0",
+        "train.sample_every=1", "train.sample_prompts=2", "train.sample_max_new_tokens=4", "train.device=cpu",
+        "wandb.mode=disabled"]))
+    first = metrics_lines(tmp_path / "run")[0]
+    assert abs(first["loss/train"] - math.log(2)) < 1e-6 and math.isfinite(final["loss/eval"])
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"].startswith("<|im_start|>user\nSay something nice about film")
+    assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
