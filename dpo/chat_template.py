@@ -21,16 +21,16 @@ FAMILIES (name: models whose template it is):
                   reply after the last user turn gets an empty "<think>\\n\\n</think>\\n\\n" block, earlier
                   replies lose any <think>...</think> part, the generation prompt has none
   llama3          Llama-3-*-Instruct: <|start_header_id|>role<|end_header_id|>, contents stripped
-  llama3.1        Llama-3.1 / 3.3: always a system header "Cutting Knowledge Date: December 2023\\nToday
+  llama3.1        Llama-3.1-*-Instruct: always a system header "Cutting Knowledge Date: December 2023\\nToday
                   Date: 26 Jul 2024\\n\\n" + the (stripped) system message
   llama3.2        Llama-3.2: the same with today's date ("%d %b %Y"), as transformers' strftime_now gives
-  mistral         Mistral-7B-Instruct-v0.1/v0.2 (current template): " [INST] ... [/INST]", " reply</s>"; a
-                  system message goes before the first user message
-  mistral-legacy  the original Mistral-7B-Instruct-v0.1/v0.2 template (older GGUFs): "[INST] ... [/INST]reply</s>",
-                  no system role
+  mistral         Mistral-7B-Instruct-v0.2 (its current template): " [INST] ... [/INST]", " reply</s>"; a
+                  system message goes into the first user turn, then "\\n\\n"
+  mistral-legacy  the template Mistral-7B-Instruct-v0.2 first shipped with (still in older copies and GGUFs):
+                  "[INST] ... [/INST]reply</s>", no system role
   gemma           gemma-7b-it, gemma-2-*-it: <start_of_turn>user/model, stripped, no system role (refused)
-  gemma3          gemma-3-*-it: the same; a system message is put before the first user message
-  phi3            Phi-3-mini/medium: <|role|>\\n...<|end|>\\n, the eos token after the last turn
+  gemma3          gemma-3-*-it: the same; a system message goes into the first user turn, then "\\n\\n"
+  phi3            Phi-3-mini-4k/128k-instruct: <|role|>\\n...<|end|>\\n, the eos token after the last turn
   phi3.5          Phi-3.5-mini: the same; an empty system message is left out
   zephyr          zephyr-7b-beta: <|role|>\\n...</s>\\n
 
@@ -72,8 +72,9 @@ FAMILIES = {
 }
 
 # What `detect` looks for, first match wins: (family, fragments all present, fragments all absent), written in
-# the form `_normalized` gives a template (no whitespace outside string literals, literals in single quotes
-# with real newlines). Each names the code that decides the text, so a variant that renders otherwise fails.
+# the form `_normalized` gives a template (literals in single quotes with real newlines, no whitespace outside
+# them but what an expression's output is followed by). Each names the code that decides the text, so a
+# variant that renders otherwise fails.
 _CHATML_TURN = "'<|im_start|>'+message['role']+'\n'+message['content']+'<|im_end|>'+'\n'"
 _QWEN_TURN = "'<|im_start|>'+message.role+'\n'+content+'<|im_end|>'+'\n'"
 _LLAMA3_TURN = "'<|start_header_id|>'+message['role']+'<|end_header_id|>\n\n'+message['content']|trim+'<|eot_id|>'"
@@ -89,8 +90,8 @@ SIGNATURES = (
                "+content.lstrip('\n')", "content.split('</think>')[-1].lstrip('\n')",
                "{%-ifenable_thinkingisdefinedandenable_thinkingisfalse%}"), ()),
     ("chatml", ("'<|im_start|>system\n'+messages[0].content+'<|im_end|>\n'", _QWEN_TURN),
-     ("<think>", "Youare", "reasoning")),                     # Qwen3-Instruct-2507
-    ("qwen2.5", ("'<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n'",
+     ("<think>", "reasoning", "system\nYou", "Youare")),      # Qwen3-Instruct-2507
+    ("qwen2.5", ("'<|im_start|>system\n" + FAMILIES["qwen2.5"]["default_system"] + "<|im_end|>\n'",
                  "'<|im_start|>system\n'+messages[0]['content']+'<|im_end|>\n'",
                  "'<|im_start|>'+message.role+'\n'+message.content+'<|im_end|>'+'\n'"), ("<think>",)),
     ("smollm2", ("{%ifloop.firstandmessages[0]['role']!='system'%}{{'<|im_start|>system\nYou are a helpful AI "
@@ -113,20 +114,23 @@ SIGNATURES = (
                "{{'<start_of_turn>model\n'}}"), ()),
     ("phi3.5", _PHI3_TURNS + ("message['role']=='system'andmessage['content']",), ("bos_token",)),
     ("phi3", _PHI3_TURNS, ("bos_token",)),
-    ("zephyr", tuple(f"{{{{'<|{role}|>\n'+message['content']+eos_token}}}}" for role in ROLES) + (
-        "{%ifloop.lastandadd_generation_prompt%}{{'<|assistant|>'}}",), ("bos_token", "<|end|>")),
+    ("zephyr", tuple(f"{{{{'<|{role}|>\n'+message['content']+eos_token}}}}\n" for role in ROLES) + (
+        "{%ifloop.lastandadd_generation_prompt%}{{'<|assistant|>'}}\n",), ("bos_token", "<|end|>")),
 )
 
 _LITERAL_OR_SPACE = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\s+""")
 
 
 def _normalized(template: str) -> str:
-    """`template` without whitespace outside string literals, each literal single-quoted with its \\n
-    escapes as real newlines: the form SIGNATURES are written in, whatever the source's spacing and quotes."""
+    """`template` with each string literal single-quoted and its \\n escapes as real newlines, without
+    whitespace outside the literals except after an expression ("{{ x }}\\n" outputs that newline; the
+    block tags' newlines go, as with transformers' trim_blocks): the form SIGNATURES are written in, whatever
+    the source's spacing and quotes."""
     def one(m):
         s = m.group()
-        if s[0] not in "'\"":
-            return ""
+        if s.isspace():
+            after_output = template.endswith("}}", 0, m.start()) and not template.endswith("-}}", 0, m.start())
+            return s if after_output and not template.startswith(("{{-", "{%-", "{#-"), m.end()) else ""
         body = s[1:-1].replace("\\n", "\n").replace("\\" + s[0], s[0])
         return "'" + body + "'"
     return _LITERAL_OR_SPACE.sub(one, template)
@@ -182,7 +186,8 @@ def _check_messages(messages):
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise ChatTemplateError(f"messages[{i}]: expected a {{'role', 'content'}} dict, got {type(m).__name__}")
-        missing, extra = [k for k in ("role", "content") if k not in m], sorted(map(str, m.keys() - {"role", "content"}))
+        missing = [k for k in ("role", "content") if k not in m]
+        extra = sorted(map(str, m.keys() - {"role", "content"}))
         if missing or extra:
             raise ChatTemplateError(f"messages[{i}]: expected exactly the keys 'role' and 'content'" +
                                     (f"; missing {', '.join(missing)}" if missing else "") +
