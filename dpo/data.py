@@ -91,6 +91,19 @@ def read_jsonl(path, counts: Counter | None = None, *, resumable: bool = False, 
         yield lineno, obj
 
 
+def read_records(path, counts: Counter | None = None):
+    """Yield (line or row number, object) of a JSON-lines file, or of a parquet file (the hub's dataset
+    files; read with pyarrow, imported only then)."""
+    if Path(path).suffix != ".parquet":
+        yield from read_jsonl(path, counts)
+        return
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise DataError(f"{path}: reading parquet files needs pyarrow (pip install pyarrow)") from None
+    yield from enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1)
+
+
 def get_field(obj: dict, key: str, where: str, kind=str, nonempty: bool = False):
     """obj[key], checked: present, of type `kind`, and (for strings) not blank when `nonempty`."""
     if key not in obj:
@@ -131,6 +144,8 @@ def conversation_pair(obj: dict) -> tuple[dict | None, str | None]:
     (None, why not). Without "prompt" (implicit prompt) the messages chosen and rejected share at the start
     are the prompt, and what follows are the two responses."""
     chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
+    if isinstance(prompt, str):  # HuggingFaceH4/ultrafeedback_binarized: the conversations hold the prompt too
+        prompt = None
     for value in (chosen, rejected) + (() if prompt is None else (prompt,)):
         if (reason := check_messages(value)) is not None:
             return None, reason
@@ -145,11 +160,12 @@ def conversation_pair(obj: dict) -> tuple[dict | None, str | None]:
 
 
 def read_preference_jsonl(path, counts: Counter | None = None) -> list[dict]:
-    """Preference data, one object per line: {"prompt", "chosen", "rejected"} strings (prompt may be ""), or
-    TRL's conversational rows whose values are lists of {"role", "content"} messages, with or without
-    "prompt" (implicit prompt). Conversational rows that are malformed are dropped, counted and named."""
+    """Preference data, one object per line (JSON lines, or a parquet file's rows): {"prompt", "chosen",
+    "rejected"} strings (prompt may be ""), or TRL's conversational rows whose values are lists of {"role",
+    "content"} messages, with or without "prompt" (implicit prompt). Conversational rows that are malformed
+    are dropped, counted and named."""
     examples, counts = [], Counter() if counts is None else counts
-    for lineno, obj in read_jsonl(path, counts):
+    for lineno, obj in read_records(path, counts):
         where = f"{path}:{lineno}"
         if isinstance(obj.get("chosen"), list) or isinstance(obj.get("prompt"), list):
             example, reason = conversation_pair(obj)
@@ -168,7 +184,7 @@ def read_sft_jsonl(path, counts: Counter | None = None) -> list[dict]:
     """SFT data, one object per line: {"prompt", "completion"} strings (prompt may be ""), the same with
     message lists, or TRL's {"messages": [...]} conversations (the loss then covers every assistant turn)."""
     examples, counts = [], Counter() if counts is None else counts
-    for lineno, obj in read_jsonl(path, counts):
+    for lineno, obj in read_records(path, counts):
         where = f"{path}:{lineno}"
         if "messages" in obj or isinstance(obj.get("prompt"), list):
             parts = {"messages": obj.get("messages")} if "messages" in obj else \

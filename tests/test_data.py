@@ -181,3 +181,18 @@ def test_conversational_sft_rows(tmp_path):
     assert [sorted(e) for e in examples] == [["messages", "source"], ["completion", "prompt", "source"],
                                             ["completion", "prompt", "source"]]
     assert counts[f"rows dropped: a conversation without an assistant turn to learn (first at {path}:3)"] == 1
+
+
+def test_parquet_rows_in_the_hub_layout_of_ultrafeedback(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized's rows: prompt a string, chosen / rejected whole conversations
+    (user turn included), read from parquet: the shared user turn becomes the prompt."""
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet
+    user = {"role": "user", "content": "Name a colour."}
+    rows = [{"prompt": "Name a colour.", "chosen": [user, {"role": "assistant", "content": "Blue."}],
+             "rejected": [user, {"role": "assistant", "content": "Seven."}], "score_chosen": 9.0, "score_rejected": 2.0}]
+    path = tmp_path / "train_prefs.parquet"
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows * 2), path)
+    examples = data.read_preference_jsonl(path)
+    assert len(examples) == 2 and examples[1]["source"] == f"{path}:2"
+    assert examples[0]["prompt"] == [user] and examples[0]["chosen"] == [{"role": "assistant", "content": "Blue."}]

@@ -1,6 +1,6 @@
 """The published datasets, fetched and inspected from the command line.
 
-    python -m dpo.interop.datasets download imdb|tldr|tldr-comparisons|hh --out DIR
+    python -m dpo.interop.datasets download imdb|tldr|tldr-comparisons|hh|ultrafeedback --out DIR
     python -m dpo.interop.datasets summary FORMAT PATH [--split S] [--tokenizer DIR ...]
 
 download fetches the files of the paper's datasets as their authors publish them (files already complete
@@ -25,6 +25,7 @@ BASE_URL_ENV = "DPO_DATA_BASE_URL"  # replaces scheme://host of every URL below 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SIZE = 84_125_825
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/summarize-from-feedback"
+HUB_DATASETS = "https://huggingface.co/datasets"
 HH_URL = "https://raw.githubusercontent.com/anthropics/hh-rlhf/master"
 # name -> [(url, path under --out, expected size or None: then the server's Content-Length is checked)]
 DOWNLOADS = {
@@ -35,6 +36,9 @@ DOWNLOADS = {
                          for f in formats.TLDR_COMPARISON_FILES],
     "hh": [(f"{HH_URL}/{subset}/{s}.jsonl.gz", f"hh-rlhf/{subset}/{s}.jsonl.gz", None)
            for subset in formats.HH_SUBSETS for s in ("train", "test")],
+    # HuggingFaceH4/ultrafeedback_binarized's preference splits (conversational pairs; format preference_jsonl)
+    "ultrafeedback": [(f"{HUB_DATASETS}/HuggingFaceH4/ultrafeedback_binarized/resolve/main/data/{s}_prefs-00000-of-00001.parquet",
+                       f"ultrafeedback/{s}_prefs.parquet", None) for s in ("train", "test")],
 }
 
 
