@@ -382,9 +382,9 @@ def train(config: Config) -> dict:
     log.truncate(state.get("log_lines"))  # back to what was logged when the checkpoint was saved
     sample_prompts = [ex["prompt_input_ids"] for ex in eval_examples[:t.sample_prompts]] \
         if kind in ("preference", "sft") else []  # reward models do not generate
-    sample_reference = train_reference if isinstance(train_reference, nn.Module) else None
+    sample_reference = None if isinstance(train_reference, reference_cache.ReferenceLogps) else train_reference
 
-    def sample_now() -> dict:
+    def sample_now() -> tuple[dict, list]:
         return write_samples(policy, sample_reference, sample_prompts, tokenizer, config, ctx, step, examples_seen,
                              log)
 
@@ -439,9 +439,9 @@ def train(config: Config) -> dict:
     final_metrics = evaluate(policy, eval_reference, eval_examples, step_fn, collate, config, ctx)
     log.log(final_metrics, examples_seen)
     final_dir = save_final(policy, out_dir, ctx, tokenizer, lora_base=config.model.name)
-    rewards = sample_now() if t.sample_reward and sample_prompts else {}
+    rewards, rows = sample_now() if sample_prompts and (t.sample_reward or t.sample_every) else ({}, [])
     if ctx.is_main:
-        print(summary(final_metrics, rewards, len(eval_examples), len(sample_prompts), final_dir), flush=True)
+        print(summary(final_metrics, rewards, rows, len(eval_examples), final_dir), flush=True)
     log.finish()
     return final_metrics
 
@@ -508,10 +508,10 @@ def evaluate(policy, reference, eval_examples, step_fn, collate, config, ctx) ->
 
 
 @torch.no_grad()
-def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log) -> dict:
+def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, examples_seen, log) -> tuple[dict, list]:
     """Completions of the policy and the reference for this rank's share of the prompts (token ids), gathered,
-    appended to samples.jsonl and wandb; returns their mean rewards. Every rank calls it, with or without
-    prompts of its own: under FSDP2 gathering the parameters is collective."""
+    appended to samples.jsonl and wandb; returns (their mean rewards, the rows) on rank 0. Every rank calls
+    it, with or without prompts of its own: under FSDP2 gathering the parameters is collective."""
     t = config.train
     prompts = prompts[ctx.rank::ctx.world_size]
     rows = [{"step": step, "prompt": tokenizer.decode(p)} for p in prompts]
@@ -534,12 +534,12 @@ def write_samples(policy, reference, prompts, tokenizer, config, ctx, step, exam
                 row[f"reward_{name}"] = score
     rows = distributed.gather_objects(rows)
     if not ctx.is_main or not rows:
-        return {}
+        return {}, []
     log.append_rows("samples", [{"examples": examples_seen, **row} for row in rows], examples_seen)
     rewards = {f"samples/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("reward_")}
     if rewards:
         log.log(rewards, examples_seen)
-    return rewards
+    return rewards, rows
 
 
 def save_final(policy, out_dir: Path, ctx, tokenizer, name: str = "final", lora_base: str = "") -> Path:
@@ -552,8 +552,8 @@ def save_final(policy, out_dir: Path, ctx, tokenizer, name: str = "final", lora_
     return folder
 
 
-def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, final_dir: Path) -> str:
-    """The end of a run in words: where the model is, and the numbers a newcomer should look at."""
+def summary(final_metrics: dict, rewards: dict, samples: list, n_eval: int, final_dir: Path) -> str:
+    """The end of a run in words: where the model is, the numbers a newcomer should look at, a few samples."""
     lines = [f"final model: {final_dir}", f"evaluation on {n_eval} held-out examples:"]
     lines += [f"  {k}: {v:.4f}" for k, v in sorted(final_metrics.items())]
     if "rewards_eval/accuracies" in final_metrics:  # DPO's implicit reward β·log(π/π_ref), or a reward model's
@@ -562,9 +562,12 @@ def summary(final_metrics: dict, rewards: dict, n_eval: int, n_prompts: int, fin
                      f"{final_metrics['rewards_eval/accuracies']:.1%} (chance: 50%)")
     if "samples/reward_policy" in rewards:
         before = rewards.get("samples/reward_reference")
-        lines.append(f"ground-truth reward of samples on {n_prompts} held-out prompts: "
+        lines.append(f"ground-truth reward of samples on {len(samples)} held-out prompts: "
                      + (f"reference {before:.3f} -> " if before is not None else "")
                      + f"policy {rewards['samples/reward_policy']:.3f}")
+    for row in samples[:3] if not rewards else ():
+        lines.append(f"sample: ...{row['prompt'][-60:]!r}")
+        lines += [f"  {name}: {row[name]!r}" for name in ("reference", "policy") if name in row]
     return "\n".join(lines)
 
 

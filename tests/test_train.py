@@ -191,7 +191,8 @@ def test_two_processes_equal_one(base_model, tmp_path, mode):
     assert [r["counters/examples"] for r in one] == [r["counters/examples"] for r in two]
     assert abs(one[-1]["loss/eval"] - two[-1]["loss/eval"]) < 1e-5
     samples = [json.loads(line) for line in (tmp_path / mode / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 1 and all("policy" in r and "reference" in r for r in samples)
+    assert [r["step"] for r in samples] == [2, 3]  # step 2, and the end of the run
+    assert all("policy" in r and "reference" in r for r in samples)
 
 
 @pytest.mark.parametrize("ld_alpha", [1.0, 0.5])
