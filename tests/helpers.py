@@ -43,6 +43,16 @@ def byte_tokenizer(eos_id: int = 256):
                               eos_token="<|endoftext|>")
 
 
+def chatml_tokenizer():
+    """A real dpo Tokenizer: byte-level ids plus ChatML's special tokens (<|im_start|> 257, <|im_end|> 258,
+    the EOS), without a chat template of its own."""
+    from dpo.interop.bpe import bytes_to_unicode
+    from dpo.tokenizer import Tokenizer
+    b2u = bytes_to_unicode()
+    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
+                              {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}, eos_token="<|im_end|>")
+
+
 # ----- bad output paths (tests of every command that writes) -------------------------------------------
 
 OUTPUT_CASES = ("a folder", "a file", "under a file", "read-only")

@@ -9,7 +9,7 @@ import torch
 from dpo import batching, data, formats
 from dpo.batching import IGNORE_INDEX, BatchSchedule
 from dpo.data import DataError
-from helpers import ByteTokenizer, byte_tokenizer
+from helpers import ByteTokenizer, byte_tokenizer, chatml_tokenizer
 
 
 TOK = ByteTokenizer()
@@ -358,15 +358,6 @@ def test_gpt2_prompt_response_boundary(shared_data):
 
 
 # ----- conversational examples: rendered by the chat template ------------------------------------------------
-
-def chatml_tokenizer():
-    """Byte-level ids plus ChatML's special tokens (ids 257, 258), no chat template of its own."""
-    from dpo.interop.bpe import bytes_to_unicode
-    from dpo.tokenizer import Tokenizer
-    b2u = bytes_to_unicode()
-    return Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
-                              {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}, eos_token="<|endoftext|>")
-
 
 def messages(*pairs):
     return [{"role": role, "content": content} for role, content in pairs]

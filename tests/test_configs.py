@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpo import data, formats, losses
+from dpo import formats, losses
 from dpo.config import Config, load_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -15,8 +15,7 @@ from dpo.generation import filter_logits, generate, sample_token
 from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer
-from helpers import byte_tokenizer
-from helpers import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, byte_tokenizer, chatml_tokenizer, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 256
@@ -322,11 +321,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, monkeypa
 
 def test_conversational_prompts_are_rendered_by_the_chat_template(tmp_path):
     """A prompt given as messages is rendered as training renders it (template + generation prompt)."""
-    from dpo.interop.bpe import bytes_to_unicode
-    from dpo.tokenizer import Tokenizer
-    b2u = bytes_to_unicode()
-    tok = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
-                             {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}, eos_token="<|im_end|>")
+    tok = chatml_tokenizer()
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi?"}]}) + "\n"
                     + json.dumps({"prompt": "plain"}) + "\n")

@@ -552,12 +552,8 @@ def test_lora_dpo_starts_at_ln2_without_a_second_model_and_resumes_exactly(base_
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> Path:
     """A tiny random GPT with a byte-level tokenizer that has ChatML's special tokens and a ChatML template."""
-    from dpo.interop.bpe import bytes_to_unicode
-    root = tmp_path_factory.mktemp("chat") / "model"
-    b2u = bytes_to_unicode()
-    tokenizer = Tokenizer.from_bpe({b2u[i]: i for i in range(256)}, [], "gpt2",
-                                   {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258},
-                                   eos_token="<|im_end|>")
+    from helpers import chatml_tokenizer
+    root, tokenizer = tmp_path_factory.mktemp("chat") / "model", chatml_tokenizer()
     torch.manual_seed(0)
     save_pretrained(GPT(GPTConfig(vocab_size=259, n_layer=2, n_head=2, n_embd=32, max_seq_len=128, eos_id=258)), root)
     tokenizer.save_pretrained(root)
@@ -587,3 +583,13 @@ def test_dpo_on_conversations_with_lora(chat_model, tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"].startswith("<|im_start|>user\nSay something nice about film")
     assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_lora_with_two_processes_equals_one(base_model, tmp_path, mode):
+    """LoRA under DDP / FSDP2 (adapters sharded with their layers; the reference = adapters off on every rank)
+    trains the same weights as one process."""
+    lora = ("lora.rank=4", "train.optimizer=adamw", "train.lr=1e-2")
+    run(base_model, tmp_path / "one", "train.micro_batch_size=4", *lora)
+    torchrun(tmp_path / mode, base_model, "train.micro_batch_size=4", f"train.parallel={mode}", *lora)
+    assert_weights_close(final_weights(tmp_path / "one"), final_weights(tmp_path / mode), 1e-5)
