@@ -20,7 +20,9 @@ the collate function (STEPS, `collate_fn`):
     sft              {prompt, completion}       -> NLL of the completion        sft_step
     classification   {text, label}              -> GPT + linear head, loss.name=classifier     classifier_step
     reward_pairs     {prompt, chosen, rejected} -> Bradley–Terry, loss.name=reward_model      reward_pairs_step
-A reference model is loaded only for preference losses that read it (dpo.losses.uses_reference).
+A reference model is loaded only for preference losses that read it (dpo.losses.uses_reference); with LoRA
+(lora.rank > 0) it is the policy itself with its adapters switched off. Every check runs before any work
+(`check_run`), and a failure anywhere is one line per problem on stderr (dpo.errors).
 """
 import argparse
 import contextlib
