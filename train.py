@@ -45,7 +45,8 @@ from dpo.files import atomic_dir
 from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hf_checkpoint import config_from_hf, load_pretrained
 from dpo.interop.hub import resolve_model_dir
-from dpo.logprobs import model_token_logps, response_mask, sequence_logps, sequence_unlikelihood, wpo_weights
+from dpo.logprobs import (batch_sequence_logps, model_token_logps, response_mask, sequence_logps,
+                          sequence_unlikelihood, shared_sequence_logps, wpo_weights)
 from dpo.model import GPT, GPTConfig
 from dpo.run_log import RunLog, progress_bar, throughput_metrics
 from dpo.tokenizer import Tokenizer, train_sentencepiece
@@ -62,17 +63,21 @@ class NonFiniteLoss(UserError):
 # (per-example losses [B], per-example metrics {name: [B]}).
 
 def preference_step(policy, reference, batch: dict, config: Config):
-    """B pairs (rows 0..B−1 chosen, B..2B−1 rejected). `reference` is a model, its cached log-probs
-    (reference_cache.ReferenceLogps) or None (reference-free losses: log π_ref taken as 0)."""
+    """B pairs (rows 0..B−1 chosen, B..2B−1 rejected; or one row per pair, prompt shared: shares_prompt).
+    `reference` is a model, its cached log-probs (reference_cache.ReferenceLogps) or None (reference-free
+    losses: log π_ref taken as 0)."""
     loss = config.loss
-    mask = response_mask(batch["labels"])
-    policy_token_logps, policy_log_sum_sq = model_token_logps(policy, batch, with_log_sum_sq=loss.wpo)
-    policy_logps, lengths = sequence_logps(policy_token_logps, mask, loss.ld_alpha)
+    if "layout_mask" in batch:  # one row per pair, the prompt computed once (batching.collate_shared)
+        policy_logps, lengths = shared_sequence_logps(policy, batch)
+    else:
+        mask = response_mask(batch["labels"])
+        policy_token_logps, policy_log_sum_sq = model_token_logps(policy, batch, with_log_sum_sq=loss.wpo)
+        policy_logps, lengths = sequence_logps(policy_token_logps, mask, loss.ld_alpha)
     if isinstance(reference, reference_cache.ReferenceLogps):
         reference_logps = reference.lookup(batch["indices"])
     elif reference is not None:
         with torch.no_grad():
-            reference_logps, _ = sequence_logps(model_token_logps(reference, batch)[0], mask, loss.ld_alpha)
+            reference_logps, _ = batch_sequence_logps(reference, batch, loss.ld_alpha)
     else:
         reference_logps = torch.zeros_like(policy_logps)
     policy_chosen_logps, policy_rejected_logps = policy_logps.chunk(2)
@@ -130,11 +135,19 @@ def collate_fn(kind: str, tokenizer: Tokenizer, config: Config, device):
     """examples -> a batch of tensors on `device`. Preference and SFT examples come tokenized (batching.py);
     reward-model examples are tokenized here (reward_model.py)."""
     pad_id, multiple, max_length = tokenizer.pad_id_or_eos(), config.data.pad_to_multiple_of or None, config.data.max_length
-    fn = {"preference": lambda ex: batching.collate_preference(ex, pad_id, multiple),
+    pairs = batching.collate_shared if shares_prompt(config) else batching.collate_preference
+    fn = {"preference": lambda ex: pairs(ex, pad_id, multiple),
           "sft": lambda ex: batching.collate_sft(ex, pad_id, multiple),
           "classification": lambda ex: reward_model.collate_classification(ex, tokenizer, max_length),
           "reward_pairs": lambda ex: reward_model.collate_reward_pairs(ex, tokenizer, max_length)}[kind]
     return lambda examples: {k: v.to(device) for k, v in fn(examples).items()}
+
+
+def shares_prompt(config: Config) -> bool:
+    """Whether pairs are laid out one row each, the prompt computed once (data.share_prompt): exact for every
+    loss that reads sequence log-probs only, so not for the per-token unlikelihood, WPO or LD-DPO."""
+    needs_tokens = config.loss.wpo or config.loss.ld_alpha != 1.0 or "unlikelihood" in config.loss.name
+    return config.data.share_prompt and not needs_tokens
 
 
 # ---------------------------------------------------------------------------------------------------

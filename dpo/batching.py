@@ -268,6 +268,39 @@ def collate_preference(batch: list[dict], pad_id: int, pad_to_multiple_of: int |
     return collate(rows, labels, [ex["index"] for ex in batch], pad_id, pad_to_multiple_of)
 
 
+def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """B tokenized pairs -> one row per pair, [prompt | chosen | rejected], so each prompt is computed once.
+
+    input_ids, attention_mask (1 on tokens), positions: [B, T], the rejected response's positions restarting
+    after the prompt, as if it followed the prompt alone; layout_mask [B, 1, T, T]: causal, and no response
+    sees the other; the response tokens scored: gather_rows [M] (the flat [B*T] positions whose outputs
+    predict them: the last prompt position predicts both first tokens), gather_targets [M], gather_sequence
+    [M] (pair b's chosen is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float
+    tolerance, those of collate_preference's [2B] rows (tested for every model family)."""
+    rows, positions, segments, scored = [], [], [], []
+    for ex in batch:
+        p = len(ex["prompt_input_ids"])
+        chosen, rejected = ex["chosen_input_ids"][p:], ex["rejected_input_ids"][p:]
+        rows.append(ex["prompt_input_ids"] + chosen + rejected)
+        positions.append(list(range(p + len(chosen))) + list(range(p, p + len(rejected))))
+        segments.append([0] * p + [1] * len(chosen) + [2] * len(rejected))
+        for seq, start, labels in ((0, p, ex["chosen_labels"][p:]), (1, p + len(chosen), ex["rejected_labels"][p:])):
+            scored.append([(seq, (start + k - 1) if k else p - 1, label) for k, label in enumerate(labels)
+                           if label != IGNORE_INDEX and (k or p)])  # a first token with no prompt is not scored
+    input_ids, attention_mask = pad_rows(rows, pad_id, multiple_of=pad_to_multiple_of)
+    (B, T), segment = input_ids.shape, pad_rows(segments, -1, multiple_of=pad_to_multiple_of)[0]
+    query, key, order = segment[:, :, None], segment[:, None, :], torch.arange(T)
+    allowed = (order[None, :] <= order[:, None]) & (key >= 0) & ((key == 0) | (key == query))
+    flat = [(seq * B + i // 2, (i // 2) * T + row, target) for i, items in enumerate(scored) for seq, row, target in items]
+    seq_ids, flat_rows, targets = zip(*flat) if flat else ((), (), ())
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "positions": pad_rows(positions, 0, multiple_of=pad_to_multiple_of)[0],
+            "layout_mask": (allowed | torch.eye(T, dtype=torch.bool))[:, None],  # a query always sees itself
+            "gather_rows": torch.tensor(flat_rows, dtype=torch.long), "gather_targets": torch.tensor(targets, dtype=torch.long),
+            "gather_sequence": torch.tensor(seq_ids, dtype=torch.long),
+            "indices": torch.tensor([ex["index"] for ex in batch], dtype=torch.long)}
+
+
 def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
     """B tokenized SFT examples -> input_ids, attention_mask, labels: [B, T] right-padded; indices: [B]."""
     return collate([ex["input_ids"] for ex in batch], [ex["labels"] for ex in batch],

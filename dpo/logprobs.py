@@ -155,17 +155,42 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     return out, (_to_token_grid(log_sum_sq, rows, B, T) if with_log_sum_sq else None)
 
 
+def head_weights(model):
+    """The output projection's (weight [V, C], bias [V] | None). FSDP2 keeps the root's parameters (lm_head
+    among them) gathered after forward; should they be sharded DTensors, gather them (differentiably: the
+    gradient is scattered back to the shards)."""
+    head = unwrap(model).lm_head
+    return tuple(p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
+
+
 def model_token_logps(model, batch: dict, with_log_sum_sq: bool = False):
     """log π(y_t | x, y_<t) of every label of a batch: (token_logps [N, T−1] fp32, log Σ_v p_v² or None).
 
     One forward to the final hidden states [N, T, C]; the log-probs are gathered from them and the
     output projection chunk by chunk (`chunked_token_logps`), so the [N, T, V] logits never exist."""
     hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
-    head = unwrap(model).lm_head
-    # FSDP2 keeps the root's parameters (lm_head among them) gathered after forward; should they be
-    # sharded DTensors, gather them (differentiably: the gradient is scattered back to the shards).
-    weight, bias = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in (head.weight, head.bias))
-    return chunked_token_logps(hidden, weight, bias, batch["labels"], with_log_sum_sq=with_log_sum_sq)
+    return chunked_token_logps(hidden, *head_weights(model), batch["labels"], with_log_sum_sq=with_log_sum_sq)
+
+
+def shared_sequence_logps(model, batch: dict):
+    """(logps [2B], n_tokens [2B]) of each pair's chosen (rows 0..B−1) and rejected (B..2B−1) response from
+    one forward over [prompt | chosen | rejected] (batching.collate_shared): the prompt is computed once."""
+    hidden = model(batch["input_ids"], positions=batch["positions"], layout_mask=batch["layout_mask"],
+                   return_hidden=True)
+    weight, bias = head_weights(model)
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
+    token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], DEFAULT_CHUNK_SIZE,
+                                                 False, _projection_dtype(hidden, weight))
+    n = 2 * batch["input_ids"].shape[0]
+    return (token_logps.new_zeros(n).index_add(0, batch["gather_sequence"], token_logps),
+            torch.bincount(batch["gather_sequence"], minlength=n))
+
+
+def batch_sequence_logps(model, batch: dict, ld_alpha: float | None = 1.0):
+    """(logps [N], n_tokens [N]) of every response of a batch, laid out shared (one row per pair) or not."""
+    if "layout_mask" in batch:
+        return shared_sequence_logps(model, batch)
+    return sequence_logps(model_token_logps(model, batch)[0], response_mask(batch["labels"]), ld_alpha)
 
 
 def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float | None = 1.0):

@@ -284,18 +284,23 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, std=0.02)
 
-    def forward(self, input_ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden=False):
+    def forward(self, input_ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden=False,
+                positions=None, layout_mask=None):
         """input_ids: [B, T]; attention_mask: [B, S] over cached + new tokens (S = past + T), 1 = token.
+        Or, for several sequences laid out in one row (batching.collate_shared), their own positions [B, T]
+        and layout_mask [B, 1, T, T] (True where a query may attend a key) instead of attention_mask.
 
         Returns logits [B, T, V], or with return_hidden the final normed hidden states [B, T, C] such that
         logits == self.lm_head(hidden)."""
         cfg, (B, T) = self.config, input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         S = past + T
-        if S > cfg.max_seq_len:
+        if S > cfg.max_seq_len and positions is None:  # (laid-out rows: each sequence's positions fit)
             raise ValueError(f"sequence of {S} positions exceeds max_seq_len {cfg.max_seq_len}")
         device = input_ids.device
-        if attention_mask is None:
+        if positions is not None:
+            pos, attn_mask = positions, layout_mask
+        elif attention_mask is None:
             pos = torch.arange(past, S, device=device).expand(B, T)
             # no pads: plain causal attention (is_causal fast path) unless a cache offsets the queries
             attn_mask = None if past == 0 else torch.ones(1, 1, T, S, dtype=torch.bool, device=device)

@@ -2,9 +2,8 @@
 
 The reference model is frozen, so log π_ref(y|x) of every training pair is a constant: computing it once
 lets a run (and every re-run on the same data) keep only the policy in memory and skip the reference
-forward pass at every step. The numbers come from the same functions as the live reference's in
-train.preference_step (dpo.logprobs.model_token_logps, then sequence_logps), so a cached run equals an
-uncached one.
+forward pass at every step. The numbers come from the same function as the live reference's in
+train.preference_step (dpo.logprobs.batch_sequence_logps), so a cached run equals an uncached one.
 
 A file is keyed by a sha256 of everything the numbers depend on: the examples' token ids and labels, the
 settings that shape them (the data config, LD-DPO's α) and the reference checkpoint's identity (its path
@@ -24,7 +23,7 @@ import torch
 
 from dpo.batching import eval_micro_batches
 from dpo.files import atomic_path
-from dpo.logprobs import model_token_logps, response_mask, sequence_logps
+from dpo.logprobs import batch_sequence_logps
 
 CACHE_VERSION = 2  # bump when the stored layout or the meaning of the numbers changes
 
@@ -92,8 +91,7 @@ def compute(reference, examples: list[dict], collate, micro_batch_size: int, ctx
     table = torch.zeros(2, len(examples), dtype=torch.float64, device=ctx.device)  # chosen, rejected
     for indices, is_real in eval_micro_batches(len(examples), micro_batch_size, ctx.world_size, ctx.rank):
         batch = collate([examples[i] for i in indices])
-        token_logps, _ = model_token_logps(reference, batch)
-        logps, _ = sequence_logps(token_logps, response_mask(batch["labels"]), ld_alpha)
+        logps, _ = batch_sequence_logps(reference, batch, ld_alpha)
         real = torch.tensor(is_real, device=ctx.device)
         table[:, batch["indices"][real]] = torch.stack(logps.chunk(2)).double()[:, real]
     if torch.distributed.is_initialized():

@@ -402,3 +402,17 @@ def test_conversational_data_needs_a_template():
     with pytest.raises(ChatTemplateError, match="unknown chat template family 'chatmI'"):
         batching.tokenize_dataset([example], chatml_tokenizer(), kind="preference", max_length=64,
                                   max_prompt_length=32, chat_template_family="chatmI")
+
+
+def test_collate_shared_lays_out_prompt_once_and_hides_the_responses_from_each_other():
+    ex = {"prompt_input_ids": [1, 2], "chosen_input_ids": [1, 2, 3, 4], "chosen_labels": [-100, -100, 3, 4],
+          "rejected_input_ids": [1, 2, 5], "rejected_labels": [-100, -100, 5], "index": 7}
+    batch = batching.collate_shared([ex], pad_id=0, pad_to_multiple_of=8)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0]]
+    assert batch["positions"].tolist() == [[0, 1, 2, 3, 2, 0, 0, 0]]  # the rejected restarts after the prompt
+    mask = batch["layout_mask"][0, 0]
+    assert mask[4].tolist() == [True, True, False, False, True, False, False, False]  # rejected: prompt + itself
+    assert mask[3].tolist() == [True, True, True, True, False, False, False, False]   # chosen: prompt + chosen
+    # scored: chosen 3 from position 1, chosen 4 from 2; rejected 5 from the prompt's last position, 1
+    assert batch["gather_rows"].tolist() == [1, 2, 1] and batch["gather_targets"].tolist() == [3, 4, 5]
+    assert batch["gather_sequence"].tolist() == [0, 0, 1] and batch["indices"].tolist() == [7]

@@ -355,3 +355,57 @@ def test_bad_labels_are_clear_errors():
         chunked_token_logps(hidden, weight, bias, labels[:, :-1])
     with pytest.raises(ValueError, match="does not match hidden size"):
         chunked_token_logps(hidden, weight[:, :-1], bias, labels)
+
+
+# ----- prompt sharing: one row per pair, the prompt computed once -------------------------------------------
+
+SHARED_FAMILIES = {  # GPTConfig switches of each family (learned positions, the rotary variants, q/k norm, NoPE)
+    "gpt2": dict(),
+    "neox": dict(position="rotary", rotary_dim=4, parallel_residual=True, tie_embeddings=False),
+    "gptj": dict(position="rotary", rotary_dim=4, rotary_interleaved=True, parallel_residual=True, shared_norm=True,
+                 tie_embeddings=False, lm_head_bias=True),
+    "llama": dict(position="rotary", norm="rmsnorm", activation="silu", gated_mlp=True, n_kv_head=1, qkv_bias=False,
+                  attn_out_bias=False, mlp_bias=False),
+    "qwen3": dict(position="rotary", norm="rmsnorm", activation="silu", gated_mlp=True, qk_norm=True, qkv_bias=False,
+                  attn_out_bias=False, mlp_bias=False),
+    "smollm3": dict(position="rotary", norm="rmsnorm", activation="silu", gated_mlp=True, nope_layers=[1],
+                    qkv_bias=False, attn_out_bias=False, mlp_bias=False),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SHARED_FAMILIES))
+def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
+    """collate_shared + shared_sequence_logps (one forward over [prompt | chosen | rejected]) equals
+    collate_preference + model_token_logps (chosen and rejected rows apart), log-probs and their gradients,
+    for pairs of different lengths, one with an empty prompt."""
+    from dpo import batching
+    from dpo.logprobs import batch_sequence_logps, shared_sequence_logps
+    from dpo.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, max_seq_len=32,
+                          **SHARED_FAMILIES[family])).double()
+    g = torch.Generator().manual_seed(1)
+    pairs = []
+    for i, (p, c, r) in enumerate([(5, 3, 6), (0, 4, 2), (2, 7, 1)]):
+        ids = lambda n: torch.randint(0, 50, (n,), generator=g).tolist()  # noqa: E731
+        prompt, chosen, rejected = ids(p), ids(c), ids(r)
+        pairs.append({"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "index": i,
+                      "chosen_labels": [-100] * p + chosen, "rejected_input_ids": prompt + rejected,
+                      "rejected_labels": [-100] * p + rejected})
+    coef = torch.randn(6, generator=g, dtype=torch.float64)
+    results = []
+    for collate in (batching.collate_preference, batching.collate_shared):
+        model.zero_grad()
+        logps, n = batch_sequence_logps(model, collate(pairs, 0))
+        (logps * coef).sum().backward()
+        results.append((logps.detach(), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (apart, n_apart, grads_apart), (shared, n_shared, grads_shared) = results
+    # (the softmax math runs in fp32 even for a float64 model: agreement to fp32 rounding; a wrong mask or
+    # position is off by far more)
+    torch.testing.assert_close(shared, apart, rtol=1e-6, atol=1e-5)
+    assert n_shared.tolist() == n_apart.tolist() == [3, 3, 7, 6, 1, 1]  # the empty prompt's first tokens: no score
+    for name in grads_apart:
+        torch.testing.assert_close(grads_shared[name], grads_apart[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert batching.collate_shared(pairs, 0)["input_ids"].shape == (3, 14)  # the prompts once: 5+3+6 is the longest
+    with torch.no_grad():  # and the batch's own entry point agrees with the layout-specific one
+        torch.testing.assert_close(shared_sequence_logps(model, batching.collate_shared(pairs, 0))[0], shared)

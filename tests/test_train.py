@@ -593,3 +593,11 @@ def test_lora_with_two_processes_equals_one(base_model, tmp_path, mode):
     run(base_model, tmp_path / "one", "train.micro_batch_size=4", *lora)
     torchrun(tmp_path / mode, base_model, "train.micro_batch_size=4", f"train.parallel={mode}", *lora)
     assert_weights_close(final_weights(tmp_path / "one"), final_weights(tmp_path / mode), 1e-5)
+
+
+def test_sharing_the_prompt_trains_like_separate_rows(base_model, tmp_path):
+    run(base_model, tmp_path / "shared", "data.share_prompt=true")
+    run(base_model, tmp_path / "apart", "data.share_prompt=false")
+    assert_weights_close(final_weights(tmp_path / "shared"), final_weights(tmp_path / "apart"), 1e-5)
+    shared, apart = metrics_lines(tmp_path / "shared")[-1], metrics_lines(tmp_path / "apart")[-1]
+    assert abs(shared["loss/eval"] - apart["loss/eval"]) < 1e-5
