@@ -4,13 +4,15 @@
     python benchmarks/bench_train.py --shape gpt2-large --batch 64 --micro 8 --seq-len 512 --bf16  # GPU
 
 One step = the loop of train.py on a global batch of `batch` pairs: policy forward+backward on chosen and
-rejected (2·batch sequences of seq-len tokens, the response being the last 3/4), a reference forward
+rejected (2·batch sequences of seq-len tokens, the response being the last 1 − prompt-frac; with
+--share-prompt one row per pair, the prompt computed once), a reference forward
 without gradients, the DPO loss, clip, optimizer step. Random weights and random tokens: throughput does
 not depend on their values. The first step (warm-up, allocations) is excluded from the timings.
 
 MFU = model FLOPs per second / peak bf16 FLOPs of the GPU, where model FLOPs per token are
 6N + 12·L·H·D·T for the policy (forward + backward) and 2N + 4·L·H·D·T for the reference (forward), as in
-nanoGPT / PaLM (N: non-embedding parameters). tokens/s counts every token processed (no padding here).
+nanoGPT / PaLM (N: non-embedding parameters). tokens/s counts the tokens of both sequences of each pair
+(the prompt twice, as peers count it), whatever the layout.
 """
 import argparse
 import resource
@@ -35,12 +37,20 @@ SHAPES = {  # GPT-2 family shapes (vocab 50257, learned positions)
 }
 
 
-def random_batch(pairs: int, seq_len: int, vocab: int, device) -> dict:
-    ids = torch.randint(0, vocab, (2 * pairs, seq_len), device=device)
-    labels = ids.clone()
-    labels[:, : seq_len // 4] = -100  # the prompt
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-            "indices": torch.arange(pairs, device=device)}
+def random_batch(pairs: int, seq_len: int, vocab: int, device, prompt_frac: float = 0.25, share: bool = False) -> dict:
+    """`pairs` pairs of random tokens: a prompt of prompt_frac·seq_len tokens shared by a chosen and a rejected
+    response making up the rest; laid out as two rows per pair, or one with the prompt shared."""
+    from dpo import batching
+    g, n_prompt = torch.Generator().manual_seed(0), int(seq_len * prompt_frac)
+    examples = []
+    for i in range(pairs):
+        prompt, chosen, rejected = (torch.randint(0, vocab, (n,), generator=g).tolist()
+                                    for n in (n_prompt, seq_len - n_prompt, seq_len - n_prompt))
+        examples.append({"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "index": i,
+                         "chosen_labels": [-100] * n_prompt + chosen, "rejected_input_ids": prompt + rejected,
+                         "rejected_labels": [-100] * n_prompt + rejected})
+    batch = (batching.collate_shared if share else batching.collate_preference)(examples, 0)
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def main():
@@ -53,6 +63,8 @@ def main():
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--prompt-frac", type=float, default=0.25, help="share of each sequence that is prompt")
+    p.add_argument("--share-prompt", action="store_true", help="one row per pair, the prompt computed once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -71,7 +83,8 @@ def main():
     config.train.device = device.type
     ctx = train.distributed.Dist(0, 1, 0, device)
     optimizer = torch.optim.RMSprop(policy.parameters(), lr=1e-6)
-    batches = [random_batch(micro, args.seq_len, cfg.vocab_size, device) for _ in range(args.batch // micro)]
+    batches = [random_batch(micro, args.seq_len, cfg.vocab_size, device, args.prompt_frac, args.share_prompt)
+               for _ in range(args.batch // micro)]
 
     def step():
         for batch in batches:
