@@ -428,8 +428,8 @@ def main(argv=None) -> int:
                 scorer = rewards.load_scorer(args.reward, device=device)
                 kept = best_of_n.select_file(samples_out, out, scorer, n=args.best_of)
                 print(f"{out}: best of {args.best_of} by {args.reward} for {kept} prompts", file=sys.stderr)
-    finally:
-        if started_group:
+    finally:  # (only after success: another rank may be waiting for this one, and destroying would wait too)
+        if started_group and sys.exc_info()[0] is None:
             import torch.distributed as dist
             dist.destroy_process_group()
     return 0

@@ -630,8 +630,9 @@ def main(argv=None) -> int:
         if transport and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise PeerFailed("a collective failed: another rank stopped (its error is above)") from None
         raise
-    finally:
-        distributed.teardown()
+    # Only after success: after an error the other ranks may be waiting for this one in a collective, and
+    # destroy_process_group would wait for them, forever. Exiting closes the connections, which stops them.
+    distributed.teardown()
     return 0
 
 
