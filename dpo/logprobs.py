@@ -181,7 +181,7 @@ def shared_sequence_logps(model, batch: dict):
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
     token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], DEFAULT_CHUNK_SIZE,
                                                  False, _projection_dtype(hidden, weight))
-    n = 2 * batch["input_ids"].shape[0]
+    n = 2 * batch["indices"].shape[0]  # (rows may hold several pairs)
     return (token_logps.new_zeros(n).index_add(0, batch["gather_sequence"], token_logps),
             torch.bincount(batch["gather_sequence"], minlength=n))
 

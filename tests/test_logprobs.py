@@ -375,9 +375,9 @@ SHARED_FAMILIES = {  # GPTConfig switches of each family (learned positions, the
 
 @pytest.mark.parametrize("family", sorted(SHARED_FAMILIES))
 def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
-    """collate_shared + shared_sequence_logps (one forward over [prompt | chosen | rejected]) equals
-    collate_preference + model_token_logps (chosen and rejected rows apart), log-probs and their gradients,
-    for pairs of different lengths, one with an empty prompt."""
+    """collate_shared + shared_sequence_logps (one forward over [prompt | chosen | rejected], two pairs packed
+    in one row) equals collate_preference + model_token_logps (chosen and rejected rows apart), log-probs
+    and their gradients, for pairs of different lengths, one with an empty prompt."""
     from dpo import batching
     from dpo.logprobs import batch_sequence_logps, shared_sequence_logps
     from dpo.model import GPT, GPTConfig
@@ -386,13 +386,13 @@ def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
                           **SHARED_FAMILIES[family])).double()
     g = torch.Generator().manual_seed(1)
     pairs = []
-    for i, (p, c, r) in enumerate([(5, 3, 6), (0, 4, 2), (2, 7, 1)]):
+    for i, (p, c, r) in enumerate([(5, 3, 6), (0, 4, 2), (2, 7, 1), (3, 2, 3)]):
         ids = lambda n: torch.randint(0, 50, (n,), generator=g).tolist()  # noqa: E731
         prompt, chosen, rejected = ids(p), ids(c), ids(r)
         pairs.append({"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "index": i,
                       "chosen_labels": [-100] * p + chosen, "rejected_input_ids": prompt + rejected,
                       "rejected_labels": [-100] * p + rejected})
-    coef = torch.randn(6, generator=g, dtype=torch.float64)
+    coef = torch.randn(8, generator=g, dtype=torch.float64)
     results = []
     for collate in (batching.collate_preference, batching.collate_shared):
         model.zero_grad()
@@ -403,9 +403,10 @@ def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
     # (the softmax math runs in fp32 even for a float64 model: agreement to fp32 rounding; a wrong mask or
     # position is off by far more)
     torch.testing.assert_close(shared, apart, rtol=1e-6, atol=1e-5)
-    assert n_shared.tolist() == n_apart.tolist() == [3, 3, 7, 6, 1, 1]  # the empty prompt's first tokens: no score
+    assert n_shared.tolist() == n_apart.tolist() == [3, 3, 7, 2, 6, 1, 1, 3]  # an empty prompt: first tokens unscored
     for name in grads_apart:
         torch.testing.assert_close(grads_shared[name], grads_apart[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert batching.collate_shared(pairs, 0)["input_ids"].shape == (3, 14)  # the prompts once: 5+3+6 is the longest
+    # the prompts once, and pairs packed into rows as long as the longest pair (5+3+6): 14 | 2+7+1 | 3+2+3 and 0+4+2
+    assert batching.collate_shared(pairs, 0)["input_ids"].shape == (3, 14)
     with torch.no_grad():  # and the batch's own entry point agrees with the layout-specific one
         torch.testing.assert_close(shared_sequence_logps(model, batching.collate_shared(pairs, 0))[0], shared)
