@@ -152,9 +152,10 @@ def load_prompts(source: str, tokenizer, *, prompt_seed: int = 0, single_turn: b
     if limit is not None and limit < len(prompts):
         counts[f"prompts after the first {limit} (--limit)"] += len(prompts) - limit
         prompts = prompts[:limit]
+    conversations = [p for p in prompts if isinstance(p["prompt"], list)]
+    family = batching.chat_family(conversations, tokenizer, chat_template) if conversations else None
     for p in prompts:
         if isinstance(p["prompt"], list):
-            family = batching.chat_family([p], tokenizer, chat_template)
             p["prompt_input_ids"] = batching.encode_conversation(p, tokenizer, family)["prompt"]
             p["prompt"] = tokenizer.decode(p["prompt_input_ids"])
         elif "prompt_input_ids" not in p:

@@ -84,9 +84,7 @@ def preference_step(policy, reference, batch: dict, config: Config):
     reference_chosen_logps, reference_rejected_logps = reference_logps.chunk(2)
     chosen_lengths, rejected_lengths = lengths.chunk(2)
 
-    options = dict(loss.options)
-    if loss.label_smoothing:
-        options["label_smoothing"] = loss.label_smoothing
+    options = loss.loss_options()
     if "unlikelihood" in losses.parse_loss_names(loss.name):  # needs per-token probabilities
         options["policy_rejected_unlikelihood"] = sequence_unlikelihood(policy_token_logps, mask).chunk(2)[1]
     pair_losses = losses.preference_loss(
@@ -271,8 +269,7 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
     example in `examples` (a list per split), computed once across ranks and kept on disk. Returns one entry
     per split."""
     path = config.reference or config.model.name
-    if config.lora.rank and path == config.model.name and not config.train.reference_cache:
-        return [lora.WithoutAdapters(policy)] * len(examples)  # the base: the policy with its adapters off
+    adapters_off = bool(config.lora.rank) and path == config.model.name  # LoRA: the base is the policy itself
     if not path:  # a new model: the reference is the initial policy, kept on disk for resumes
         path = out_dir / "reference"
         if resume_from is None:
@@ -281,13 +278,12 @@ def build_reference(config, policy, tokenizer, ctx, mode, resume_from, out_dir, 
     path, on_meta = resolve_model_dir(str(path)), mode == "fsdp" and not ctx.is_main
 
     def load():
-        if config.lora.rank and path == resolve_model_dir(config.model.name):
+        if adapters_off:
             return lora.WithoutAdapters(policy)
         return distributed.wrap(load_model(path, config, ctx, trainable=False, meta=on_meta), mode, ctx,
                                 mixed_precision=config.train.mixed_precision, trainable=False)
     if not config.train.reference_cache:
-        reference = load()
-        return [reference] * len(examples)
+        return [load()] * len(examples)
     settings = {"data": dataclasses.asdict(config.data), "ld_alpha": config.loss.ld_alpha}
     keys = [reference_cache.cache_key(split, settings, path) for split in examples]
     tables = [reference_cache.load(key) for key in keys]

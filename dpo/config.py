@@ -62,6 +62,11 @@ class LossConfig:
     wpo: bool = False               # WPO: weight each pair by the policy's probability of it
     options: dict = field(default_factory=dict)  # the losses' own options (see dpo.losses.LOSSES)
 
+    def loss_options(self) -> dict:
+        """The keyword options the preference losses get from this section (besides beta and the lengths):
+        `options`, and label_smoothing when it is set."""
+        return {**self.options, **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {})}
+
 
 @dataclass
 class LoraConfig:
@@ -176,10 +181,8 @@ def _set_dotted(values: dict, dotted: str, value):
     values[last] = value
 
 
-CHOICES = {  # key -> the values it may take (validate)
+CHOICES = {  # key -> the values it may take (validate; data.truncation's come from dpo.batching)
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.truncation": ("reference", "keep_response"),
-    "data.prompt_truncation_side": ("", "keep_start", "keep_end"),
     "train.optimizer": ("rmsprop", "adamw", "sgd"),
     "train.schedule": ("constant", "linear", "cosine"),
     "train.parallel": ("auto", "none", "ddp", "fsdp"),
@@ -197,11 +200,13 @@ def validate(config: Config) -> None:
     Choices (CHOICES, data.format, loss.name and its options), numeric ranges, CUDA when train.device asks
     for it, and a new model's shape. Paths and the lengths a pretrained model allows are checked when they
     are opened (train.py)."""
+    from dpo.batching import PROMPT_TRUNCATION_SIDES, TRUNCATIONS
     from dpo.chat_template import FAMILIES
     from dpo.formats import FORMATS
     from dpo.losses import check_options, parse_loss_names
     c, problems = config, []
-    for key, allowed in CHOICES.items():
+    choices = {**CHOICES, "data.truncation": TRUNCATIONS, "data.prompt_truncation_side": ("",) + PROMPT_TRUNCATION_SIDES}
+    for key, allowed in choices.items():
         section, name = key.split(".")
         value = getattr(getattr(c, section), name)
         if value not in allowed:
@@ -271,9 +276,7 @@ def validate(config: Config) -> None:
                        f"in (0, data.max_length = {d.max_length})", d.max_prompt_length))
         try:
             names = parse_loss_names(loss.name)
-            options = dict(loss.options, beta=loss.beta)
-            if loss.label_smoothing:
-                options["label_smoothing"] = loss.label_smoothing
+            options = dict(loss.loss_options(), beta=loss.beta)
             if "unlikelihood" in names:
                 options["policy_rejected_unlikelihood"] = None
             if not set(names) <= {"sft", "sft_mean"}:

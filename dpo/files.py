@@ -7,6 +7,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from dpo.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -55,7 +57,6 @@ def check_writable(path, what: str, *, folder: bool = False) -> Path:
     folder (a file) already, under a nearest existing folder this process may write in (or, for an existing
     folder, that folder itself). Creates nothing. Returns `path` as a Path; raises dpo.errors.UserError with
     one line naming `what` (the option, e.g. "--out") and the path."""
-    from dpo.errors import UserError
     path = Path(path)
     if not folder and path.is_dir():
         raise UserError(f"{what} {path}: is a folder; expected a file path")

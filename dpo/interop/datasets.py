@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dpo import data, formats
-from dpo.batching import load_tokenized
+from dpo.batching import PROMPT_TRUNCATION_SIDES, TRUNCATIONS, load_tokenized
 from dpo.errors import entry_point
 from dpo.files import check_writable
 from dpo.interop.download import download
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder: adds token statistics (sft, preference)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--truncation", default="reference", choices=["reference", "keep_response"])
-    p.add_argument("--prompt-truncation-side", default=None, choices=["keep_start", "keep_end"])
+    p.add_argument("--truncation", default="reference", choices=TRUNCATIONS)
+    p.add_argument("--prompt-truncation-side", default=None, choices=PROMPT_TRUNCATION_SIDES)
     p.add_argument("--limit", type=int, default=0, help="tokenize a seeded random subset of this many")
     args = parser.parse_args(argv)
     if args.command == "download":
