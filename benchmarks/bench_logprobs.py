@@ -6,7 +6,8 @@
 Two ways to get d(Σ response log-probs)/d(hidden, lm_head weight, bias) from final hidden states [B, T, C]:
     naive    the reference code: logits = lm_head(hidden); log_softmax(logits.float()); gather
     chunked  dpo.logprobs.chunked_token_logps(hidden, weight, bias, labels) then sequence_logps: logits
-             are formed chunk by chunk of response rows and never exist whole
+             of response rows only, as many rows at a time as fit --memory-mb (kept for the backward
+             when they all fit, else recomputed chunk by chunk)
 
 Every position after the first is a response token (the worst case for `chunked`, which skips prompt rows).
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dpo.logprobs import chunked_token_logps, response_mask, sequence_logps  # noqa: E402
+from dpo.logprobs import LOGITS_MEMORY_BUDGET, chunked_token_logps, response_mask, sequence_logps  # noqa: E402
 
 PATHS = ("naive", "chunked")
 
@@ -49,11 +50,11 @@ def naive_logps(hidden, weight, bias, labels):
     return (per_token * mask).sum(-1)
 
 
-def step(path, hidden, weight, bias, labels, chunk_size):
+def step(path, hidden, weight, bias, labels, memory_budget):
     if path == "naive":
         logps = naive_logps(hidden, weight, bias, labels)
     else:
-        token_logps, _ = chunked_token_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
+        token_logps, _ = chunked_token_logps(hidden, weight, bias, labels, memory_budget=memory_budget)
         logps, _ = sequence_logps(token_logps, response_mask(labels))
     logps.sum().backward()
 
@@ -76,21 +77,21 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def run_cpu_case(path, B, T, C, V, dtype, chunk_size) -> dict:
+def run_cpu_case(path, B, T, C, V, dtype, memory_budget) -> dict:
     """Runs inside a fresh subprocess: see the module docstring."""
     small = make_inputs(2, 16, C, 64, dtype, "cpu")
-    step(path, *small, chunk_size)  # warm up kernels and allocator on tiny sizes
+    step(path, *small, memory_budget)  # warm up kernels and allocator on tiny sizes
     del small
     inputs = make_inputs(B, T, C, V, dtype, "cpu")
     before = rss_bytes()
     start = time.perf_counter()
-    step(path, *inputs, chunk_size)
+    step(path, *inputs, memory_budget)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {"peak_bytes": max(0, peak - before), "seconds": seconds}
 
 
-def run_cuda_case(path, B, T, C, V, dtype, chunk_size, repeat) -> dict:
+def run_cuda_case(path, B, T, C, V, dtype, memory_budget, repeat) -> dict:
     inputs = make_inputs(B, T, C, V, dtype, "cuda")
     times, peaks = [], []
     for i in range(repeat + 1):
@@ -100,7 +101,7 @@ def run_cuda_case(path, B, T, C, V, dtype, chunk_size, repeat) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        step(path, *inputs, chunk_size)
+        step(path, *inputs, memory_budget)
         torch.cuda.synchronize()
         if i:  # the first run is a warm-up
             times.append(time.perf_counter() - start)
@@ -116,7 +117,8 @@ def main():
     parser.add_argument("--T", type=int, nargs="+", default=None, help="default: 256 512 (CPU), 256..2048 (CUDA)")
     parser.add_argument("--C", type=int, default=768)
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 CPU, bfloat16 CUDA)")
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--memory-mb", type=int, default=LOGITS_MEMORY_BUDGET // 2**20,
+                        help="the chunked path's budget for fp32 logits, MiB")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case on CUDA")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one CPU case, in a subprocess
@@ -125,7 +127,7 @@ def main():
     if args.case:
         c = json.loads(args.case)
         print(json.dumps(run_cpu_case(c["path"], c["B"], c["T"], c["C"], c["V"], getattr(torch, c["dtype"]),
-                                      c["chunk_size"])))
+                                      c["memory_budget"])))
         return
 
     device = args.device
@@ -135,7 +137,7 @@ def main():
     Ts = args.T or ([256, 512, 1024, 2048] if device == "cuda" else [256, 512])
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"# {where}, torch {torch.__version__}, B={args.B}, C={args.C}, {dtype_name}, "
-          f"chunk_size={args.chunk_size}; forward + backward w.r.t. hidden, weight, bias")
+          f"logits budget {args.memory_mb} MiB; forward + backward w.r.t. hidden, weight, bias")
     print(f"{'vocab':>7} {'T':>5} {'path':>8} {'peak MiB':>10} {'time ms':>9} {'peak vs chunked':>16}")
     for V in args.vocab:
         for T in Ts:
@@ -143,14 +145,14 @@ def main():
             for path in args.paths:
                 if device == "cuda":
                     try:
-                        r = run_cuda_case(path, args.B, T, args.C, V, getattr(torch, dtype_name), args.chunk_size,
-                                          args.repeat)
+                        r = run_cuda_case(path, args.B, T, args.C, V, getattr(torch, dtype_name),
+                                          args.memory_mb * 2**20, args.repeat)
                     except torch.cuda.OutOfMemoryError:
                         r = None
                     torch.cuda.empty_cache()
                 else:
                     case = json.dumps({"path": path, "B": args.B, "T": T, "C": args.C, "V": V,
-                                       "dtype": dtype_name, "chunk_size": args.chunk_size})
+                                       "dtype": dtype_name, "memory_budget": args.memory_mb * 2**20})
                     out = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True)
                     if out.returncode:
                         raise RuntimeError(f"case {case} failed:\n{out.stderr}")

@@ -30,6 +30,7 @@ from dpo.run_log import PEAK_FLOPS  # noqa: E402
 
 SHAPES = {  # GPT-2 family shapes (vocab 50257, learned positions)
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
+    "small": dict(n_layer=6, n_head=6, n_embd=384),  # the shape of benchmarks/bench_trl.py
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),

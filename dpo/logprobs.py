@@ -6,9 +6,11 @@ summed over the response tokens only. Labels are the input ids with −100 on pr
 positions and are NOT shifted: the logits at position t predict the label at position t + 1, so every
 per-token tensor here is [B, T−1] and lines up with `labels[:, 1:]`.
 
-The logits are never built whole: `chunked_token_logps` takes the final hidden states and the output
-projection, forms logits only for the response rows, `chunk_size` rows at a time, in forward and again in
-backward, and keeps one logsumexp per row. That is where DPO's memory goes on small and medium models
+The logits are never built for the prompt: `chunked_token_logps` takes the final hidden states and the
+output projection and forms logits only for the response rows, as many rows at a time as fit
+LOGITS_MEMORY_BUDGET bytes of fp32. When the batch's response rows fit the budget, the softmax from the
+forward is kept for the backward; when they do not, forward keeps one logsumexp per row and backward
+recomputes the logits chunk by chunk. That is where DPO's memory goes on small and medium models
 (batch × length × vocab × 4 bytes, twice with the gradient); the values and gradients equal those of
 log_softmax(lm_head(hidden)).gather(labels).
 
@@ -23,7 +25,9 @@ import torch.nn.functional as F
 from dpo.batching import IGNORE_INDEX
 from dpo.distributed import unwrap
 
-DEFAULT_CHUNK_SIZE = 1024  # rows (token positions) per chunk: 1024 × 50,257 fp32 logits ≈ 206 MB
+# Bytes of fp32 logits held at once (1,304 rows of GPT-2's 50,257-token vocabulary). Larger: fewer recomputed
+# logits in backward, more memory; the matmuls run as fast in chunks of 256 rows as of 1,024 (CPU, fp32).
+LOGITS_MEMORY_BUDGET = 256 * 2**20
 
 
 def response_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -51,11 +55,25 @@ def _to_token_grid(values: torch.Tensor, rows: torch.Tensor, B: int, T: int) -> 
     return grid.view(B, T)[:, :-1]
 
 
-def _softmax_grad_(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """In place on z [n, V] fp32: d(grad · (z[target] − logsumexp z)) / dz = grad · (onehot − softmax z)."""
-    z.sub_(lse[:, None]).exp_().mul_(-grad[:, None])
-    z[torch.arange(z.shape[0], device=z.device), targets] += grad
-    return z
+def _exp_shifted_(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place on logits z [n, V] fp32: z becomes exp(z − max z) (no new [n, V] tensor, unlike
+    torch.logsumexp). Returns (max z [n, 1], Σ_v exp(z − max z) [n, 1]): logsumexp z = max + log Σ, and
+    z / Σ is softmax z."""
+    top = z.amax(dim=1, keepdim=True)
+    return top, z.sub_(top).exp_().sum(dim=1, keepdim=True)
+
+
+def _probs_(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """In place on logits z [n, V] fp32, given logsumexp z [n]: softmax z = exp(z − logsumexp z)."""
+    return z.sub_(lse[:, None]).exp_()
+
+
+def _grad_from_probs_(p: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """In place on probabilities p [n, V]: d(grad · log p[target]) / dz = grad · (onehot − p), the gradient
+    with respect to the logits."""
+    p.mul_(-grad[:, None])
+    p[torch.arange(p.shape[0], device=p.device), targets] += grad
+    return p
 
 
 def _projection_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -66,69 +84,85 @@ def _projection_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype
     return weight.dtype
 
 
+def rows_per_chunk(vocab_size: int, memory_budget: int) -> int:
+    """How many rows of fp32 logits [rows, V] fit in `memory_budget` bytes (at least one)."""
+    return max(1, memory_budget // (4 * vocab_size))
+
+
 class _TokenLogpsFromHidden(torch.autograd.Function):
     """(hidden_rows [M, C], weight [V, C], bias [V] | None, targets [M]) -> (logps [M], log Σ p² [M] | empty).
+    (`grad_enabled`: torch.is_grad_enabled() of the caller; forward always runs without it.)
 
-    Logits z = hidden_rows @ weight.T + bias are formed `chunk_size` rows at a time in forward (kept only
-    as a logsumexp per row) and recomputed in backward, where each chunk's softmax gradient
-    g·(onehot − softmax z) is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
+    Logits z = hidden_rows @ weight.T + bias are formed as many rows at a time as fit `memory_budget` bytes
+    of fp32 and kept only as a logsumexp per row. Backward needs softmax z again: when all M rows fit the
+    budget and a gradient is wanted, forward keeps the probabilities [M, V] (one matmul less, the reference's
+    no-grad forward keeps nothing); otherwise backward recomputes them chunk by chunk. Each chunk's
+    gradient g·(onehot − softmax z) is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
 
     @staticmethod
-    def forward(ctx, hidden_rows, weight, bias, targets, chunk_size, with_log_sum_sq, dtype):
-        M = hidden_rows.shape[0]
+    def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype, grad_enabled):
+        M, n = hidden_rows.shape[0], rows_per_chunk(weight.shape[0], memory_budget)
+        keep_probs = grad_enabled and any(ctx.needs_input_grad[:3]) and M <= n
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         logps = torch.zeros(M, dtype=torch.float32, device=hidden_rows.device)
         lse = torch.zeros_like(logps)
         log_sum_sq = torch.zeros_like(logps) if with_log_sum_sq else logps.new_empty(0)
+        ctx.probs = None
         with torch.autocast(hidden_rows.device.type, enabled=False):
-            for i in range(0, M, chunk_size):
-                z = F.linear(hidden_rows[i:i + chunk_size].to(dtype), w, b).float()
-                lse[i:i + chunk_size] = torch.logsumexp(z, dim=-1)
-                selected = z.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
-                logps[i:i + chunk_size] = selected - lse[i:i + chunk_size]
-                if with_log_sum_sq:
-                    log_sum_sq[i:i + chunk_size] = torch.logsumexp(2 * z, dim=-1) - 2 * lse[i:i + chunk_size]
+            for i in range(0, M, n):
+                z = F.linear(hidden_rows[i:i + n].to(dtype), w, b).float()
+                target_logits = z.gather(1, targets[i:i + n, None]).squeeze(1)
+                top, total = _exp_shifted_(z)
+                lse[i:i + n] = (top + total.log()).squeeze(1)
+                logps[i:i + n] = target_logits - lse[i:i + n]
+                if with_log_sum_sq:  # log Σ p² = 2 log ‖exp(z − max)‖ − 2 log Σ exp(z − max)
+                    log_sum_sq[i:i + n] = 2 * (torch.linalg.vector_norm(z, dim=1) / total.squeeze(1)).log()
+                if keep_probs:
+                    ctx.probs = z.div_(total)
         ctx.save_for_backward(hidden_rows, weight, bias, targets, lse)
-        ctx.chunk_size, ctx.dtype = chunk_size, dtype
+        ctx.rows, ctx.dtype = n, dtype
         ctx.mark_non_differentiable(log_sum_sq)
         return logps, log_sum_sq
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_log_sum_sq):
         hidden_rows, weight, bias, targets, lse = ctx.saved_tensors
-        dtype, n = ctx.dtype, ctx.chunk_size
+        dtype, n = ctx.dtype, ctx.rows
+        probs, ctx.probs = ctx.probs, None  # used up in place below (a second backward recomputes them)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden_rows) if need_h else None
-        # Accumulate over chunks in fp32 so a bf16 weight's gradient is rounded once, not once per chunk
-        # (costs one fp32 [V, C] buffer; the [B, T, V] logits it replaces are far larger).
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        # grad_weight accumulates over chunks in fp32, so a bf16 weight's gradient is rounded once, not once per
+        # chunk (one fp32 [V, C] buffer; the [B, T, V] logits it replaces are far larger).
+        grad_weight = None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         with torch.autocast(hidden_rows.device.type, enabled=False):
             for i in range(0, hidden_rows.shape[0], n):
                 h = hidden_rows[i:i + n].to(dtype)
-                z = F.linear(h, w, b).float()
-                g = _softmax_grad_(z, lse[i:i + n], targets[i:i + n], grad_logps[i:i + n].float())
+                p = probs if probs is not None else _probs_(F.linear(h, w, b).float(), lse[i:i + n])
+                g = _grad_from_probs_(p, targets[i:i + n], grad_logps[i:i + n].float())
                 if need_h:
                     grad_hidden[i:i + n] = (g.to(dtype) @ w).to(hidden_rows.dtype)
                 if need_w:
-                    if dtype == torch.float32:
+                    if grad_weight is None:
+                        grad_weight = g.T @ h if dtype == torch.float32 else (g.to(dtype).T @ h).float()
+                    elif dtype == torch.float32:
                         grad_weight.addmm_(g.T, h)
                     else:
                         grad_weight.add_(g.to(dtype).T @ h)
                 if need_b:
                     grad_bias.add_(g.sum(0))
         if need_w:
-            grad_weight = grad_weight.to(weight.dtype)
+            grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.to(weight.dtype)
         if need_b:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        labels: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        labels: torch.Tensor, *, memory_budget: int = LOGITS_MEMORY_BUDGET,
                         with_log_sum_sq: bool = False):
     """Per-token log-probs of the labels from final hidden states and the output projection.
 
@@ -136,7 +170,7 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     (so logits == F.linear(hidden, weight, bias) == model.lm_head(hidden)); labels: [B, T] unshifted.
     Returns (token_logps [B, T−1] fp32, 0 off the response, equal in value and gradient (w.r.t. hidden,
     weight, bias) to log_softmax(F.linear(hidden, weight, bias))[label], without ever holding more than
-    `chunk_size` × V logits; log Σ_v p_v² [B, T−1] with `with_log_sum_sq` (no gradient; WPO), else None).
+    `memory_budget` bytes of fp32 logits; log Σ_v p_v² [B, T−1] with `with_log_sum_sq` (no gradient; WPO), else None).
     The projection runs in the dtype `lm_head` would use (autocast's, else the weight's); the softmax math
     in fp32."""
     B, T, C = hidden.shape
@@ -149,8 +183,8 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
         raise ValueError(f"labels hold token ids outside [0, {weight.shape[0]}) other than {IGNORE_INDEX}")
     # Only response rows get logits; index_select's backward scatters grad_hidden back (prompt rows get 0).
     hidden_rows = hidden.reshape(B * T, C).index_select(0, rows)
-    logps, log_sum_sq = _TokenLogpsFromHidden.apply(hidden_rows, weight, bias, targets, chunk_size,
-                                                    with_log_sum_sq, _projection_dtype(hidden, weight))
+    logps, log_sum_sq = _TokenLogpsFromHidden.apply(hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq,
+                                                    _projection_dtype(hidden, weight), torch.is_grad_enabled())
     out = _to_token_grid(logps, rows, B, T)
     return out, (_to_token_grid(log_sum_sq, rows, B, T) if with_log_sum_sq else None)
 
@@ -179,8 +213,8 @@ def shared_sequence_logps(model, batch: dict):
                    return_hidden=True)
     weight, bias = head_weights(model)
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
-    token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], DEFAULT_CHUNK_SIZE,
-                                                 False, _projection_dtype(hidden, weight))
+    token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], LOGITS_MEMORY_BUDGET,
+                                                 False, _projection_dtype(hidden, weight), torch.is_grad_enabled())
     n = 2 * batch["indices"].shape[0]  # (rows may hold several pairs)
     return (token_logps.new_zeros(n).index_add(0, batch["gather_sequence"], token_logps),
             torch.bincount(batch["gather_sequence"], minlength=n))

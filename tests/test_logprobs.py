@@ -42,9 +42,16 @@ def plain_sequence_logps(hidden, weight, bias, labels):
     return reference_code_batch_logps(logits, labels), (labels[:, 1:] != -100).sum(-1)
 
 
+def rows_budget(rows: int, weight) -> int:
+    """The memory budget (bytes) that holds `rows` rows of fp32 logits."""
+    return rows * weight.shape[0] * 4
+
+
 def chunked_sequence_logps(hidden, weight, bias, labels, chunk_size=1024):
-    """What the trainer computes: chunked per-token log-probs summed over the response."""
-    token_logps, log_sum_sq = chunked_token_logps(hidden, weight, bias, labels, chunk_size=chunk_size)
+    """What the trainer computes: per-token log-probs, `chunk_size` rows of logits at a time, summed over
+    the response."""
+    token_logps, log_sum_sq = chunked_token_logps(hidden, weight, bias, labels,
+                                                  memory_budget=rows_budget(chunk_size, weight))
     assert log_sum_sq is None  # only with with_log_sum_sq
     return sequence_logps(token_logps, response_mask(labels))
 
@@ -146,7 +153,7 @@ def test_chunked_equals_plain_for_per_token_losses():
     grads = []
     for chunked in (False, True):
         h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
-        tok = chunked_token_logps(h, w, b, labels, chunk_size=4)[0] if chunked else plain_token_logps(h, w, b, labels)
+        tok = chunked_token_logps(h, w, b, labels, memory_budget=rows_budget(4, w))[0] if chunked else plain_token_logps(h, w, b, labels)
         assert tok.shape == mask.shape and tok[~mask].abs().max() == 0
         (sequence_unlikelihood(tok, mask).sum() + (tok * token_weights).sum()).backward()
         grads.append((h.grad, w.grad, b.grad))
@@ -219,6 +226,45 @@ def test_chunked_path_never_builds_full_logits():
     assert mode.largest == B * T * V  # the plain path holds the full logits and their gradient
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the calls of some ops (forward and backward)."""
+
+    def __init__(self, *ops):
+        super().__init__()
+        self.ops, self.count = ops, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket in self.ops
+        return func(*args, **(kwargs or {}))
+
+
+def test_logits_within_the_budget_are_not_recomputed_in_backward():
+    """All response rows fit the budget: forward keeps the softmax, so one product forward and two backward
+    (grad_hidden, grad_weight); one row over the budget: two chunks, each recomputed in backward (2 + 2 × 3). Same values and gradients either way,
+    and a second backward (retain_graph) recomputes what the first used up."""
+    hidden, weight, bias, labels = make_batch(B=4, T=11, V=17, C=8, seed=3)
+    n_rows = int(response_mask(labels).sum())
+    results = {}
+    for rows, products in ((n_rows, 3), (n_rows - 1, 8)):
+        h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
+        with _CountOps(torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_) as mode:
+            token_logps, _ = chunked_token_logps(h, w, b, labels, memory_budget=rows_budget(rows, w))
+            token_logps.sum().backward(retain_graph=True)
+        assert mode.count == products
+        first = (h.grad.clone(), w.grad.clone(), b.grad.clone())
+        token_logps.sum().backward()  # gradients accumulate: twice the first
+        for once, twice in zip(first, (h.grad, w.grad, b.grad)):
+            torch.testing.assert_close(twice, 2 * once, rtol=0, atol=1e-6)
+        results[rows] = (token_logps.detach(), *first)
+    for kept, recomputed in zip(results[n_rows], results[n_rows - 1]):
+        torch.testing.assert_close(kept, recomputed, rtol=0, atol=1e-6)
+    for grad_enabled, kept in ((True, 1), (False, 0)):  # without grad (reference, evaluation) nothing is kept
+        w = weight.clone().requires_grad_()
+        with torch.set_grad_enabled(grad_enabled), _CountOps(torch.ops.aten.div_) as mode:
+            chunked_token_logps(hidden, w, bias, labels, memory_budget=rows_budget(n_rows, w))
+        assert mode.count == kept  # (the division that turns exp(z − max) into probabilities)
+
+
 def test_rows_without_response_tokens():
     hidden, weight, bias, labels = make_batch(B=2, seed=6)
     labels[1] = -100
@@ -246,7 +292,8 @@ def test_log_sum_sq_probs():
     p = logits[:, :-1].double().softmax(-1)
     mask = response_mask(labels)
     expected = torch.log((p ** 2).sum(-1)) * mask
-    token_logps, chunked = chunked_token_logps(hidden, weight, bias, labels, chunk_size=5, with_log_sum_sq=True)
+    token_logps, chunked = chunked_token_logps(hidden, weight, bias, labels, memory_budget=rows_budget(5, weight),
+                                                  with_log_sum_sq=True)
     torch.testing.assert_close(chunked.double(), expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(token_logps, plain_token_logps(hidden, weight, bias, labels), rtol=0, atol=1e-5)
     assert chunked_token_logps(hidden, weight, bias, labels)[1] is None
