@@ -5,7 +5,8 @@ cycles, and citations of documents outside the repository.
     python benchmarks/code_size.py --trace    # also: the files and functions one DPO step runs through
 
 A code line is a non-blank line that is not only a comment and not part of a docstring. "The step path"
-is the files one DPO step runs through: train.py, the model, log-probs, losses, batching and data.
+is the files one DPO step runs through: train.py and dpo/training.py, the model, log-probs, losses, batching and
+data.
 """
 import ast
 import contextlib
@@ -17,7 +18,8 @@ import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_PATH = ["train.py", "dpo/model.py", "dpo/logprobs.py", "dpo/losses.py", "dpo/batching.py", "dpo/data.py"]
+STEP_PATH = ["train.py", "dpo/training.py", "dpo/model.py", "dpo/logprobs.py", "dpo/losses.py", "dpo/batching.py",
+             "dpo/data.py"]
 RUNTIME_EXCLUDE = ("dpo/experiments/",)
 COMPREHENSIONS = ("<listcomp>", "<genexpr>", "<dictcomp>", "<setcomp>")  # not functions a reader opens
 SKIP_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
 )
@@ -68,8 +69,10 @@ def save_hf(model, out: Path, ctx: Dist, tokenizer=None, lora_base: str = "") ->
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, ctx: Dist, tokenizer=None,
-                    lora_base: str = "") -> Path:
-    """Collective: every rank calls it. Returns the checkpoint folder."""
+                    lora_base: str = "", extra_models: dict | None = None) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint folder. `extra_models` {name: model}: models the
+    same optimizer trains beside the policy (PPO's value model), each written in Hugging Face layout into the
+    subfolder of its name."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
@@ -78,7 +81,10 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
         tmp.mkdir(parents=True)
     barrier()
     save_hf(model, tmp, ctx, tokenizer, lora_base)
-    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
+    for name, extra in (extra_models or {}).items():
+        save_hf(extra, tmp / name, ctx)
+    owner = optimizer_owner(model, extra_models)
+    dcp.save({"optimizer": get_optimizer_state_dict(owner, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
     torch.save(rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
     barrier()
     if ctx.is_main:
@@ -91,6 +97,12 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
         remove_checkpoint(old)
     barrier()
     return final
+
+
+def optimizer_owner(model, extra_models: dict | None) -> nn.Module:
+    """The module whose parameters the optimizer holds: the policy alone, or the policy and the models trained
+    beside it (their optimizer state is saved under the names "policy.…" and "<name>.…")."""
+    return nn.ModuleDict({"policy": model, **extra_models}) if extra_models else model
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -163,13 +175,14 @@ def read_trainer_state(path: Path) -> dict:
     return state
 
 
-def load_training_state(path: Path, model, optimizer, ctx: Dist) -> dict:
-    """Restore optimizer and RNG states from `path` (the weights were loaded when the model was built)
+def load_training_state(path: Path, model, optimizer, ctx: Dist, extra_models: dict | None = None) -> dict:
+    """Restore optimizer and RNG states from `path` (the weights were loaded when the models were built)
     and return the trainer state (step, examples, data position, scheduler)."""
     trainer_state = read_trainer_state(path)
-    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    owner = optimizer_owner(model, extra_models)
+    state = {"optimizer": get_optimizer_state_dict(owner, optimizer)}
     dcp.load(state, checkpoint_id=str(path / "optimizer"))
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    set_optimizer_state_dict(owner, optimizer, state["optimizer"])
     rng_file = path / f"rng-rank{ctx.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
@@ -194,7 +207,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # A resumed run must continue the run its checkpoint belongs to: these settings must match (train.resume_changed).
-RESUME_KEYS = ("model", "reference", "data", "loss", "train.seed", "train.batch_size", "train.optimizer")
+RESUME_KEYS = ("model", "reference", "data", "loss", "ppo", "train.seed", "train.batch_size", "train.optimizer")
 
 
 def resume_point(config) -> Path:
@@ -216,12 +229,15 @@ def resume_point(config) -> Path:
 
 
 def changed_settings(saved: dict, now: dict) -> list[tuple[str, object, object]]:
-    """(dotted key, value in the checkpoint's config, value now) for every RESUME_KEYS setting that differs."""
+    """(dotted key, value in the checkpoint's config, value now) for every RESUME_KEYS setting that differs. A
+    section the checkpoint's config lacks (saved before the section existed) is not compared."""
     out = []
     for key in RESUME_KEYS:
         before, after = saved, now
         for part in key.split("."):
             before, after = before.get(part), after.get(part)
+        if isinstance(after, dict) and before is None:
+            continue
         if isinstance(after, dict):
             before = before if isinstance(before, dict) else {}
             out += [(f"{key}.{k}", before.get(k), v) for k, v in after.items() if before.get(k) != v]

@@ -54,7 +54,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "sigmoid"           # a key of dpo.losses.LOSSES (or a mix: sigmoid+sft), classifier, reward_model
+    name: str = "sigmoid"           # a key of dpo.losses.LOSSES (or a mix: sigmoid+sft), classifier, reward_model, ppo
     beta: float = 0.1
     label_smoothing: float = 0.0    # conservative DPO epsilon
     rpo_alpha: float = 0.0          # weight of an NLL term on the chosen response (RPO); 0 = off
@@ -114,6 +114,31 @@ class TrainConfig:
 
 
 @dataclass
+class PPOConfig:
+    """loss.name=ppo (dpo/ppo/): the policy is trained on its own samples against a reward, with a per-token KL
+    penalty towards the reference. train.lr, optimizer, schedule and warmup_steps apply to PPO's optimizer steps
+    (one per minibatch); train.log_every, eval_every and save_every count iterations (rollouts); train.batch_size,
+    micro_batch_size, epochs, max_examples and sample_* are not read."""
+    reward: str = "quickstart"      # the scorer: classifier:DIR (PPO-GT) | reward_model:DIR | hf:NAME | quickstart
+    value_model: str = ""           # the critic's start: "" = the reward model (reward_model:DIR), else the policy
+    iterations: int = 100           # rollouts: generate, score, then ppo_epochs passes of minibatch updates
+    rollout_prompts: int = 64       # prompts per rollout (global, one completion each)
+    minibatch_size: int = 16        # completions per optimizer step (global); divides rollout_prompts
+    ppo_epochs: int = 4             # passes over each rollout
+    clip_range: float = 0.2         # ε of the clipped policy ratio
+    value_clip_range: float = 0.2   # how far a value may move from its rollout value before the loss clips it
+    vf_coef: float = 0.1            # weight of the value loss
+    gamma: float = 1.0              # discount over response tokens
+    lam: float = 0.95               # GAE λ
+    kl_coef: float = 0.05           # the initial coefficient of the per-token KL penalty
+    kl_target: float = 6.0          # adaptive controller's target KL (nats per sample); 0 = kl_coef stays fixed
+    kl_horizon: int = 10000         # the controller's horizon, in samples
+    whiten_advantages: bool = True  # advantages to mean 0, variance 1 over each rollout's response tokens
+    max_new_tokens: int = 64        # completion length
+    temperature: float = 1.0        # sampling temperature of the rollouts (and the evaluation samples)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "auto"              # auto (online with an API key, else offline) | online | offline | disabled
     project: str = "dpo"
@@ -128,6 +153,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     next_config: str = ""           # a config to run after this one (e.g. DPO after SFT); overrides don't carry
 
@@ -274,6 +300,9 @@ def validate(config: Config) -> None:
     if loss.name not in ("classifier", "reward_model"):  # reward models read max_length only
         ranges.append(("data.max_prompt_length", 0 < d.max_prompt_length < d.max_length,
                        f"in (0, data.max_length = {d.max_length})", d.max_prompt_length))
+    if loss.name == "ppo":
+        problems += ppo_problems(c)
+    elif loss.name not in ("classifier", "reward_model"):
         try:
             names = parse_loss_names(loss.name)
             options = dict(loss.loss_options(), beta=loss.beta)
@@ -286,6 +315,41 @@ def validate(config: Config) -> None:
     problems += [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def ppo_problems(c: Config) -> list[str]:
+    """loss.name=ppo: the ppo section's values (each named), the reward spec, and the settings the PPO loop
+    does not take (a new model, FSDP2, LoRA, the reference cache)."""
+    from dpo.evaluate.rewards import check_spec
+    p, problems = c.ppo, []
+    try:
+        check_spec(p.reward)
+    except UserError as e:
+        problems.append(f"ppo.reward: {e}")
+    ranges = [
+        ("ppo.iterations", p.iterations >= 1, ">= 1", p.iterations),
+        ("ppo.rollout_prompts", p.rollout_prompts >= 1, ">= 1", p.rollout_prompts),
+        ("ppo.minibatch_size", p.minibatch_size >= 1 and p.rollout_prompts % p.minibatch_size == 0,
+         f"a divisor of ppo.rollout_prompts ({p.rollout_prompts})", p.minibatch_size),
+        ("ppo.ppo_epochs", p.ppo_epochs >= 1, ">= 1", p.ppo_epochs),
+        ("ppo.clip_range", p.clip_range > 0, "> 0", p.clip_range),
+        ("ppo.value_clip_range", p.value_clip_range > 0, "> 0", p.value_clip_range),
+        ("ppo.vf_coef", p.vf_coef > 0, "> 0", p.vf_coef),
+        ("ppo.gamma", 0 < p.gamma <= 1, "in (0, 1]", p.gamma),
+        ("ppo.lam", 0 <= p.lam <= 1, "in [0, 1]", p.lam),
+        ("ppo.kl_coef", p.kl_coef >= 0, ">= 0", p.kl_coef),
+        ("ppo.kl_target", p.kl_target >= 0, ">= 0 (0 = a fixed ppo.kl_coef)", p.kl_target),
+        ("ppo.kl_horizon", p.kl_horizon >= 1, ">= 1", p.kl_horizon),
+        ("ppo.max_new_tokens", p.max_new_tokens >= 1, ">= 1", p.max_new_tokens),
+        ("ppo.temperature", p.temperature > 0, "> 0 (rollouts sample from the policy)", p.temperature),
+        ("model.name", bool(c.model.name), "the trained policy PPO starts from (loss.name=ppo)", c.model.name),
+        ("train.parallel", c.train.parallel != "fsdp", "auto | none | ddp with loss.name=ppo (no FSDP2 in the "
+                                                       "PPO loop)", c.train.parallel),
+        ("lora.rank", c.lora.rank == 0, "0 with loss.name=ppo", c.lora.rank),
+        ("train.reference_cache", not c.train.reference_cache, "false with loss.name=ppo (rollouts are new "
+                                                               "samples)", c.train.reference_cache),
+    ]
+    return problems + [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
 
 
 def fp16_autocast_on_cpu() -> bool:
@@ -348,7 +412,7 @@ def check_paths(config: Config) -> None:
         except FileNotFoundError as e:
             problems.append(f"{key}: {e}")
     for key, path in (("model.tokenizer", config.model.tokenizer), ("data.path", config.data.path),
-                      ("data.eval_path", config.data.eval_path)):
+                      ("data.eval_path", config.data.eval_path), ("ppo.value_model", config.ppo.value_model)):
         if path and not Path(path).exists():
             problems.append(f"{key}: {path}: no such file or folder")
     if problems:

@@ -96,11 +96,15 @@ class RewardModel(nn.Module):
     def flops_per_token(self, seq_len: int, backward: bool = True) -> float:
         return self.backbone.flops_per_token(seq_len, backward)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids, attention_mask: [B, T] → scores [B, n_outputs] (fp32), read at the last real token."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                every_position: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask: [B, T] → scores [B, n_outputs] (fp32), read at the last real token; with
+        `every_position`, [B, T, n_outputs]: the head read at each position (PPO's value model, dpo/ppo/)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.backbone(input_ids, attention_mask, return_hidden=True)  # [B, T, C]
+        if every_position:
+            return self.score(hidden).float()
         last = last_token_index(attention_mask)
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, C]
         return self.score(h).float()

@@ -1,7 +1,7 @@
 """Config loading: YAML + dotted overrides, type checks, unknown keys rejected with the valid ones."""
 import pytest
 
-from dpo.config import Config, ConfigError, load_config, save_config
+from dpo.config import Config, ConfigError, load_config, save_config, validate
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -39,3 +39,25 @@ def test_saved_config_loads_back_identically(tmp_path):
     config = load_config(None, ["loss.beta=0.3", "model.n_layer=2"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(str(tmp_path / "config.yaml")) == config
+
+
+@pytest.mark.parametrize("override, line", [
+    ("ppo.clip_range=-1", "ppo.clip_range: expected > 0, got -1.0"),
+    ("ppo.minibatch_size=5", "ppo.minibatch_size: expected a divisor of ppo.rollout_prompts (64), got 5"),
+    ("ppo.lam=1.5", "ppo.lam: expected in [0, 1], got 1.5"),
+    ("ppo.kl_target=-2", "ppo.kl_target: expected >= 0 (0 = a fixed ppo.kl_coef), got -2.0"),
+    ("ppo.reward=rouge", "ppo.reward: unknown reward 'rouge'; expected one of classifier:DIR, reward_model:DIR, "
+                         "hf:NAME_OR_DIR[@LABEL], quickstart"),
+    ("train.parallel=fsdp", "train.parallel: expected auto | none | ddp with loss.name=ppo (no FSDP2 in the PPO "
+                            "loop), got 'fsdp'"),
+    ("model.name=", "model.name: expected the trained policy PPO starts from (loss.name=ppo), got ''"),
+])
+def test_a_bad_ppo_value_is_one_line_naming_the_key(override, line):
+    config = load_config(None, ["loss.name=ppo", "model.name=runs/sft/final", override])
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert str(error.value) == line
+
+
+def test_ppo_settings_are_not_checked_for_other_losses():
+    validate(load_config(None, ["ppo.clip_range=-1", "ppo.reward=rouge"]))

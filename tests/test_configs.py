@@ -26,4 +26,4 @@ def test_shipped_config_is_valid(path):
     config = load_config(str(path))
     validate(config)  # every choice, range and loss option, as train.py checks before any work
     assert config.data.format in formats.FORMATS
-    assert config.loss.name in losses.LOSSES or config.loss.name in ("classifier", "reward_model")
+    assert config.loss.name in losses.LOSSES or config.loss.name in ("classifier", "reward_model", "ppo")
