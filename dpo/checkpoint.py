@@ -26,11 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
-)
 
 from dpo import lora
 from dpo.config import ConfigError
@@ -45,8 +41,12 @@ NAME = re.compile(r"step-(\d+)(\.tmp|\.old)?")
 PREFERENCE = {None: 2, ".tmp": 1, ".old": 0}
 
 
+# torch.distributed.checkpoint is imported where it is used: importing it costs about 50 MB of resident memory
+# (and a second of start-up) that every training step would carry, and a run needs it only to save and load.
+
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """The unsharded policy weights on CPU, on rank 0 (other ranks get {}). Collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -84,6 +84,8 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
     for name, extra in (extra_models or {}).items():
         save_hf(extra, tmp / name, ctx)
     owner = optimizer_owner(model, extra_models)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
     dcp.save({"optimizer": get_optimizer_state_dict(owner, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
     torch.save(rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
     barrier()
@@ -178,6 +180,8 @@ def read_trainer_state(path: Path) -> dict:
 def load_training_state(path: Path, model, optimizer, ctx: Dist, extra_models: dict | None = None) -> dict:
     """Restore optimizer and RNG states from `path` (the weights were loaded when the models were built)
     and return the trainer state (step, examples, data position, scheduler)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
     trainer_state = read_trainer_state(path)
     owner = optimizer_owner(model, extra_models)
     state = {"optimizer": get_optimizer_state_dict(owner, optimizer)}
