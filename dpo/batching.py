@@ -269,55 +269,40 @@ def collate_preference(batch: list[dict], pad_id: int, pad_to_multiple_of: int |
 
 
 def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
-    """B tokenized pairs -> rows of [prompt | chosen | rejected] layouts: each prompt is computed once, and
-    pairs share a row when they fit in the longest pair's length (first fit, longest first), so little
-    padding is computed and no row is longer than the longest pair.
+    """B tokenized pairs -> one row of [prompt | chosen | rejected] blocks, back to back: each prompt is
+    computed once and no position is padding (but for rounding up to pad_to_multiple_of).
 
-    input_ids, attention_mask (1 on tokens), positions: [R, T], R <= B rows, positions restarting at each
-    pair and, for its rejected response, after its prompt, as if it followed the prompt alone; layout_mask
-    [R, 1, T, T]: causal within a pair, no pair sees another, no response sees the other; the response
-    tokens scored: gather_rows [M] (the flat [R*T] positions whose outputs predict them: the last prompt
-    position predicts both first tokens), gather_targets [M], gather_sequence [M] (pair b's chosen is
-    sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
+    input_ids, attention_mask (1 on tokens), positions: [1, N], positions restarting at each pair and, for its
+    rejected response, after its prompt, as if it followed the prompt alone; layout_mask [1, 1, N, N]: causal
+    within a pair, no pair sees another, no response sees the other; segments [B + 1]: pair b's block is
+    [segments[b], segments[b + 1]) (the padding, if any, in the last block), so attention runs block by block
+    (GPT.forward); the response tokens scored: gather_rows [M] (the positions whose outputs predict them: the
+    last prompt position predicts both first tokens), gather_targets [M], gather_sequence [M] (pair b's chosen
+    is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
     collate_preference's [2B] rows (tested for every model family)."""
-    B, pairs = len(batch), []
-    for b, ex in enumerate(batch):  # (tokens, positions, parts: 0 prompt | 1 chosen | 2 rejected, scored)
-        p = len(ex["prompt_input_ids"])
+    B, tokens, positions, groups, parts, starts, flat = len(batch), [], [], [], [], [], []
+    for b, ex in enumerate(batch):
+        p, start = len(ex["prompt_input_ids"]), len(tokens)
         chosen, rejected = ex["chosen_input_ids"][p:], ex["rejected_input_ids"][p:]
-        scored = [(b + seq * B, (start + k - 1) if k else p - 1, label)
-                  for seq, start, labels in ((0, p, ex["chosen_labels"][p:]), (1, p + len(chosen), ex["rejected_labels"][p:]))
-                  for k, label in enumerate(labels) if label != IGNORE_INDEX and (k or p)]  # no prompt: no first score
-        pairs.append((ex["prompt_input_ids"] + chosen + rejected,
-                      list(range(p + len(chosen))) + list(range(p, p + len(rejected))),
-                      [0] * p + [1] * len(chosen) + [2] * len(rejected), scored))
-    capacity, rows = max(len(pair[0]) for pair in pairs), []
-    for b in sorted(range(B), key=lambda b: -len(pairs[b][0])):
-        row = next((r for r in rows if sum(len(pairs[i][0]) for i in r) + len(pairs[b][0]) <= capacity), None)
-        if row is None:
-            rows.append([b])
-        else:
-            row.append(b)
-    tokens, positions, groups, parts, starts = [[] for _ in rows], [[] for _ in rows], [[] for _ in rows], \
-        [[] for _ in rows], {}
-    for i, r in enumerate(rows):
-        for b in r:
-            starts[b] = len(tokens[i])
-            tokens[i] += pairs[b][0]
-            positions[i] += pairs[b][1]
-            groups[i] += [b] * len(pairs[b][0])
-            parts[i] += pairs[b][2]
-    input_ids, attention_mask = pad_rows(tokens, pad_id, multiple_of=pad_to_multiple_of)
-    T = input_ids.shape[1]
-    group, part = (pad_rows(x, -1, multiple_of=pad_to_multiple_of)[0] for x in (groups, parts))
-    row_of = {b: i for i, r in enumerate(rows) for b in r}
-    order = torch.arange(T)
+        flat += [(b + seq * B, start + ((first + k - 1) if k else p - 1), label)
+                 for seq, first, labels in ((0, p, ex["chosen_labels"][p:]), (1, p + len(chosen), ex["rejected_labels"][p:]))
+                 for k, label in enumerate(labels) if label != IGNORE_INDEX and (k or p)]  # no prompt: no first score
+        starts.append(start)
+        tokens += ex["prompt_input_ids"] + chosen + rejected
+        positions += list(range(p + len(chosen))) + list(range(p, p + len(rejected)))
+        groups += [b] * (p + len(chosen) + len(rejected))
+        parts += [0] * p + [1] * len(chosen) + [2] * len(rejected)  # 0 prompt | 1 chosen | 2 rejected
+    input_ids, attention_mask = pad_rows([tokens], pad_id, multiple_of=pad_to_multiple_of)
+    N = input_ids.shape[1]
+    group, part = (pad_rows([x], -1, multiple_of=pad_to_multiple_of)[0] for x in (groups, parts))
+    order = torch.arange(N)
     allowed = (order[None, :] <= order[:, None]) & (group[:, None, :] == group[:, :, None]) & (group[:, None, :] >= 0) \
         & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))
-    flat = [(seq, row_of[b] * T + starts[b] + offset, target) for b in range(B) for seq, offset, target in pairs[b][3]]
     seq_ids, flat_rows, targets = zip(*flat) if flat else ((), (), ())
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "positions": pad_rows(positions, 0, multiple_of=pad_to_multiple_of)[0],
-            "layout_mask": (allowed | torch.eye(T, dtype=torch.bool))[:, None],  # a query always sees itself
+            "positions": pad_rows([positions], 0, multiple_of=pad_to_multiple_of)[0],
+            "layout_mask": (allowed | torch.eye(N, dtype=torch.bool))[:, None],  # a query always sees itself
+            "segments": torch.tensor(starts + [N], dtype=torch.long),
             "gather_rows": torch.tensor(flat_rows, dtype=torch.long), "gather_targets": torch.tensor(targets, dtype=torch.long),
             "gather_sequence": torch.tensor(seq_ids, dtype=torch.long),
             "indices": torch.tensor([ex["index"] for ex in batch], dtype=torch.long)}

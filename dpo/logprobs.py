@@ -210,12 +210,12 @@ def shared_sequence_logps(model, batch: dict):
     """(logps [2B], n_tokens [2B]) of each pair's chosen (rows 0..B−1) and rejected (B..2B−1) response from
     one forward over [prompt | chosen | rejected] (batching.collate_shared): the prompt is computed once."""
     hidden = model(batch["input_ids"], positions=batch["positions"], layout_mask=batch["layout_mask"],
-                   return_hidden=True)
+                   segments=batch["segments"], return_hidden=True)
     weight, bias = head_weights(model)
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
     token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], LOGITS_MEMORY_BUDGET,
                                                  False, _projection_dtype(hidden, weight), torch.is_grad_enabled())
-    n = 2 * batch["indices"].shape[0]  # (rows may hold several pairs)
+    n = 2 * batch["indices"].shape[0]
     return (token_logps.new_zeros(n).index_add(0, batch["gather_sequence"], token_logps),
             torch.bincount(batch["gather_sequence"], minlength=n))
 

@@ -185,7 +185,8 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps), RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(self, x, rope, attn_mask, kv_cache=None, layer=0):
-        """x: [B, T, C]; rope: (cos, sin) [B, 1, T, R/2] or None; attn_mask: [B, 1, T, S] bool or None (causal).
+        """x: [B, T, C]; rope: (cos, sin) [B, 1, T, R/2] or None; attn_mask: [B, 1, T, S] bool or None (causal),
+        or for one packed row (B = 1) a list of (start, end, mask [1, 1, end − start, end − start]) blocks.
 
         With qk_norm, q [B, H, T, D] and k [B, Hkv, T, D] are each RMS-normalised over D (one gain [D] shared by
         all heads) before rotary, so the scale of the scores q.k / sqrt(D) no longer follows the projections' scale."""
@@ -201,10 +202,17 @@ class Attention(nn.Module):
             k = apply_rotary(k, *rope, cfg.rotary_interleaved)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-            dropout_p=cfg.dropout if self.training else 0.0, enable_gqa=cfg.n_kv_head != cfg.n_head)
+        if isinstance(attn_mask, list):  # one packed row: each sequence's block alone, no work across blocks
+            y = torch.cat([self.attend(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], mask) for s, e, mask in attn_mask], 2)
+        else:
+            y = self.attend(q, k, v, attn_mask)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+    def attend(self, q, k, v, attn_mask):
+        """q [B, H, T, D], k and v [B, Hkv, S, D], attn_mask [B, 1, T, S] bool or None (causal) -> [B, H, T, D]."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                              dropout_p=self.cfg.dropout if self.training else 0.0,
+                                              enable_gqa=self.cfg.n_kv_head != self.cfg.n_head)
 
 
 class MLP(nn.Module):
@@ -285,10 +293,12 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=0.02)
 
     def forward(self, input_ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden=False,
-                positions=None, layout_mask=None):
+                positions=None, layout_mask=None, segments=None):
         """input_ids: [B, T]; attention_mask: [B, S] over cached + new tokens (S = past + T), 1 = token.
         Or, for several sequences laid out in one row (batching.collate_shared), their own positions [B, T]
-        and layout_mask [B, 1, T, T] (True where a query may attend a key) instead of attention_mask.
+        and layout_mask [B, 1, T, T] (True where a query may attend a key) instead of attention_mask; with
+        segments [n + 1] (B = 1: the row's blocks start at segments[i] and end at segments[i + 1], no query
+        sees a key outside its block) attention runs block by block, none of it across blocks.
 
         Returns logits [B, T, V], or with return_hidden the final normed hidden states [B, T, C] such that
         logits == self.lm_head(hidden)."""
@@ -300,6 +310,9 @@ class GPT(nn.Module):
         device = input_ids.device
         if positions is not None:
             pos, attn_mask = positions, layout_mask
+            if segments is not None:
+                bounds = segments.tolist()
+                attn_mask = [(s, e, layout_mask[:, :, s:e, s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
         elif attention_mask is None:
             pos = torch.arange(past, S, device=device).expand(B, T)
             # no pads: plain causal attention (is_causal fast path) unless a cache offsets the queries

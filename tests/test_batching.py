@@ -416,3 +416,4 @@ def test_collate_shared_lays_out_prompt_once_and_hides_the_responses_from_each_o
     # scored: chosen 3 from position 1, chosen 4 from 2; rejected 5 from the prompt's last position, 1
     assert batch["gather_rows"].tolist() == [1, 2, 1] and batch["gather_targets"].tolist() == [3, 4, 5]
     assert batch["gather_sequence"].tolist() == [0, 0, 1] and batch["indices"].tolist() == [7]
+    assert batch["segments"].tolist() == [0, 8]  # one block, the rounding padding in it

@@ -404,7 +404,7 @@ def test_bad_labels_are_clear_errors():
         chunked_token_logps(hidden, weight[:, :-1], bias, labels)
 
 
-# ----- prompt sharing: one row per pair, the prompt computed once -------------------------------------------
+# ----- prompt sharing: [prompt | chosen | rejected], the prompt computed once----------------------------------------
 
 SHARED_FAMILIES = {  # GPTConfig switches of each family (learned positions, the rotary variants, q/k norm, NoPE)
     "gpt2": dict(),
@@ -453,7 +453,8 @@ def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
     assert n_shared.tolist() == n_apart.tolist() == [3, 3, 7, 2, 6, 1, 1, 3]  # an empty prompt: first tokens unscored
     for name in grads_apart:
         torch.testing.assert_close(grads_shared[name], grads_apart[name], rtol=1e-5, atol=1e-6, msg=name)
-    # the prompts once, and pairs packed into rows as long as the longest pair (5+3+6): 14 | 2+7+1 | 3+2+3 and 0+4+2
-    assert batching.collate_shared(pairs, 0)["input_ids"].shape == (3, 14)
+    # the prompts once, all pairs back to back in one row without padding, attention block by block
+    packed = batching.collate_shared(pairs, 0)
+    assert packed["input_ids"].shape == (1, 14 + 6 + 10 + 8) and packed["segments"].tolist() == [0, 14, 20, 30, 38]
     with torch.no_grad():  # and the batch's own entry point agrees with the layout-specific one
         torch.testing.assert_close(shared_sequence_logps(model, batching.collate_shared(pairs, 0))[0], shared)
