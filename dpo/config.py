@@ -318,12 +318,12 @@ def validate(config: Config) -> None:
 
 
 def ppo_problems(c: Config) -> list[str]:
-    """loss.name=ppo: the ppo section's values (each named), the reward spec, and the settings the PPO loop
-    does not take (a new model, FSDP2, LoRA, the reference cache)."""
+    """loss.name=ppo: the ppo section's values (each named), the reward spec's form (its folder: check_paths), and
+    the settings the PPO loop does not take (a new model, FSDP2, LoRA, the reference cache)."""
     from dpo.evaluate.rewards import check_spec
     p, problems = c.ppo, []
     try:
-        check_spec(p.reward)
+        check_spec(p.reward, folders=False)
     except UserError as e:
         problems.append(f"ppo.reward: {e}")
     ranges = [
@@ -398,7 +398,9 @@ def save_config(config, path) -> None:
 def check_paths(config: Config) -> None:
     """The folders a run reads and writes, checked before any work (all problems at once): out_dir is a
     writable folder; model.name, reference and model.tokenizer exist (or model.name / reference are hub
-    names, fetched now); data.path exists."""
+    names, fetched now); data.path exists; with loss.name=ppo, the folder of a classifier:DIR or reward_model:DIR
+    reward."""
+    from dpo.evaluate.rewards import check_spec
     from dpo.interop.hub import resolve_model_dir
     problems = []
     try:
@@ -415,5 +417,10 @@ def check_paths(config: Config) -> None:
                       ("data.eval_path", config.data.eval_path), ("ppo.value_model", config.ppo.value_model)):
         if path and not Path(path).exists():
             problems.append(f"{key}: {path}: no such file or folder")
+    try:
+        if config.loss.name == "ppo":
+            check_spec(config.ppo.reward)
+    except UserError as e:
+        problems.append(f"ppo.reward: {e}")
     if problems:
         raise ConfigError("\n".join(problems))

@@ -93,3 +93,15 @@ def refused(main, argv: list, capsys, root: Path, *named) -> str:
     assert all(str(name) in err for name in named), (named, err)
     assert _tree(root) == before
     return err.strip()
+
+
+def write_toy_reward_model_config(path: Path, max_length: int) -> Path:
+    """A train.py config of a tiny Bradley–Terry reward model on CPU (the experiment drivers' smoke tests)."""
+    path.write_text(f"""
+data: {{format: preference_jsonl, eval_examples: 8, max_length: {max_length}}}
+loss: {{name: reward_model}}
+train: {{epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: adamw, lr: 1.0e-3,
+        warmup_steps: 0, log_every: 100, device: cpu}}
+wandb: {{mode: disabled}}
+""")
+    return path

@@ -1,7 +1,7 @@
 """Config loading: YAML + dotted overrides, type checks, unknown keys rejected with the valid ones."""
 import pytest
 
-from dpo.config import Config, ConfigError, load_config, save_config, validate
+from dpo.config import Config, ConfigError, check_paths, load_config, save_config, validate
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -61,3 +61,17 @@ def test_a_bad_ppo_value_is_one_line_naming_the_key(override, line):
 
 def test_ppo_settings_are_not_checked_for_other_losses():
     validate(load_config(None, ["ppo.clip_range=-1", "ppo.reward=rouge"]))
+
+
+def test_the_ppo_reward_folder_is_checked_with_the_paths(tmp_path):
+    """validate checks the reward spec's form (a shipped config names a folder a driver creates later);
+    check_paths, before any work, that the folder exists."""
+    config = load_config(None, ["loss.name=ppo", "model.name=runs/sft/final", f"train.out_dir={tmp_path / 'out'}",
+                                f"ppo.reward=reward_model:{tmp_path / 'rm'}"])
+    validate(config)
+    config.model.name = ""  # (check_paths would look the name up on the hub)
+    with pytest.raises(ConfigError) as error:
+        check_paths(config)
+    assert str(error.value) == f"ppo.reward: reward 'reward_model:{tmp_path / 'rm'}': {tmp_path / 'rm'} is not a folder"
+    (tmp_path / "rm").mkdir()
+    check_paths(config)

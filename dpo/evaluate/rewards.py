@@ -193,16 +193,17 @@ def check_device(device: str) -> torch.device:
     return d
 
 
-def check_spec(spec: str) -> tuple[str, str]:
+def check_spec(spec: str, folders: bool = True) -> tuple[str, str]:
     """(kind, ARG) of a reward spec "kind:ARG", checked without loading anything (a command checks its
-    --reward before any work); a RewardError naming the spec and what was expected otherwise."""
+    --reward before any work); a RewardError naming the spec and what was expected otherwise.
+    folders=False checks the form only, not that a classifier or reward model folder exists."""
     kind, _, arg = spec.partition(":")
     if kind not in SCORERS:
         raise RewardError(f"unknown reward {spec!r}; expected one of classifier:DIR, reward_model:DIR, "
                           f"hf:NAME_OR_DIR[@LABEL], quickstart")
     if kind != "quickstart" and not arg:
         raise RewardError(f"reward {spec!r}: {kind} needs a path or name after the colon")
-    if kind in ("classifier", "reward_model") and not Path(arg).is_dir():
+    if folders and kind in ("classifier", "reward_model") and not Path(arg).is_dir():
         raise RewardError(f"reward {spec!r}: {arg} is not a folder")
     return kind, arg
 

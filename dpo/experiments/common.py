@@ -129,19 +129,23 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
 # Sweeps
 
 def expand_sweep(methods: dict, where: str = "methods") -> list[dict]:
-    """{method: {"overrides": [k=v, ...], "param": dotted key, "values": [...]}} -> one run per value
-    (or one run when "param" is absent): {"name", "method", "param", "value", "overrides"}.
+    """{method: {"config": train.py config, "overrides": [k=v, ...], "param": dotted key, "values": [...]}} ->
+    one run per value (or one run when "param" is absent): {"name", "method", "config", "param", "value",
+    "overrides"}. "config" ("" = the experiment's train_config) lets a method run another trainer (PPO).
 
     The run name is method + "-" + the param's last component + value, e.g. dpo-beta0.1."""
     runs = []
     if not isinstance(methods, dict) or not methods:
-        raise ExperimentError(f"{where}: expected a mapping method -> {{overrides, param, values}}")
+        raise ExperimentError(f"{where}: expected a mapping method -> {{config, overrides, param, values}}")
     for method, spec in methods.items():
         spec = spec or {}
-        unknown = set(spec) - {"overrides", "param", "values"}
+        unknown = set(spec) - {"config", "overrides", "param", "values"}
         if unknown:
             raise ExperimentError(f"{where}.{method}: unknown key(s) {', '.join(sorted(unknown))}; "
-                                  f"valid: overrides, param, values")
+                                  f"valid: config, overrides, param, values")
+        config = spec.get("config", "")
+        if not isinstance(config, str):
+            raise ExperimentError(f"{where}.{method}.config: expected the path of a train.py config")
         overrides = spec.get("overrides", [])
         if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
             raise ExperimentError(f"{where}.{method}.overrides: expected a list of key=value strings")
@@ -149,18 +153,40 @@ def expand_sweep(methods: dict, where: str = "methods") -> list[dict]:
         if (param is None) != (values is None):
             raise ExperimentError(f"{where}.{method}: 'param' and 'values' go together")
         if param is None:
-            runs.append({"name": method, "method": method, "param": "", "value": None, "overrides": overrides})
+            runs.append({"name": method, "method": method, "config": config, "param": "", "value": None,
+                         "overrides": overrides})
             continue
         if not isinstance(values, list) or not values:
             raise ExperimentError(f"{where}.{method}.values: expected a non-empty list")
         short = param.rsplit(".", 1)[-1].removeprefix("unlikelihood_")
         for value in values:
-            runs.append({"name": f"{method}-{short}{value}", "method": method, "param": param, "value": value,
-                         "overrides": overrides + [f"{param}={value}"]})
+            runs.append({"name": f"{method}-{short}{value}", "method": method, "config": config, "param": param,
+                         "value": value, "overrides": overrides + [f"{param}={value}"]})
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise ExperimentError(f"{where}: two runs share a name ({', '.join(sorted(names))})")
     return runs
+
+
+def fill_in(overrides: list, values: dict) -> list[str]:
+    """key=value strings with each {name} of `values` replaced, e.g. {out_dir} -> runs/imdb."""
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise ExperimentError(f"overrides must be a list of key=value strings, got {overrides!r}")
+    for name, value in values.items():
+        overrides = [o.replace("{" + name + "}", str(value)) for o in overrides]
+    return overrides
+
+
+def uses_reward_model(run: dict) -> bool:
+    """Whether a run's overrides name {reward_model}: the driver's Bradley–Terry reward model (PPO's reward)."""
+    return any("{reward_model}" in o for o in run["overrides"])
+
+
+def check_reward_model_runs(runs: list[dict], reward_model_config: str) -> None:
+    """A run that uses the driver's reward model needs reward_model_config, the recipe that trains it."""
+    needs = [r["name"] for r in runs if uses_reward_model(r)]
+    if needs and not reward_model_config:
+        raise ExperimentError(f"methods: run {needs[0]} uses {{reward_model}}, which needs reward_model_config")
 
 
 def hold_out(rows: list[dict], n: int, seed: int) -> None:

@@ -3,6 +3,7 @@
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml                  # every stage, in order
     python -m dpo.experiments.imdb --config configs/imdb/paper.yaml --stage sample  # one stage
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage train,evaluate --runs dpo-beta0.1
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage train,evaluate --runs ppo_gt-kl_target6
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml out_dir=runs/imdb-mini-2 seed=1
 
 Stages (each reads the files of the ones before it, resumes where it stopped, skips what is done):
@@ -16,8 +17,12 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                 samples_per_prefix completions of each from the SFT model (sample.py, T = 1, no top-k/p)
     label       score every completion with the reward; all k(k−1)/2 pairs per prefix ordered by it
                 (ties dropped and counted): out_dir/pairs/{train,eval}.jsonl, eval = held-out prefixes
-    train       one train.py run per method and hyperparameter (`methods`, from train_config), from the
-                SFT model with the SFT model as reference, saving a checkpoint every eval interval
+    reward_model  (only with reward_model_config) train.py loss.name=reward_model: a Bradley–Terry reward model
+                on the train pairs (out_dir/reward_model), PPO's learned reward ({reward_model} in methods)
+    train       one train.py run per method and hyperparameter (`methods`, from train_config or the method's
+                own config), from the SFT model with the SFT model as reference, saving a checkpoint every eval
+                interval. DPO, Unlikelihood, Preferred-FT train on the pairs; PPO (reward {reward_model}) and
+                PPO-GT (reward {reward}, the ground truth) sample from the pairs' prefixes, one run per target KL
     evaluate    for the SFT model and every saved checkpoint: one sample per test prefix (T = 1, no
                 top-k/p, max_new_tokens), mean reward and sequence-level KL(π_θ‖π_ref) to the SFT model
                 -> out_dir/results.jsonl (one row per run and step) and out_dir/results.csv
@@ -45,8 +50,9 @@ from dpo import data, formats
 from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, driver_main, execute_notebook, run_actions, expand_sweep, hold_out, list_checkpoints, require,
-    run_train, train_done, write_csv, write_jsonl,
+    ExperimentError, append_jsonl, check_reward_model_runs, driver_main, execute_notebook, expand_sweep, fill_in,
+    hold_out, list_checkpoints, require, run_actions, run_train, train_done, uses_reward_model, write_csv,
+    write_jsonl,
 )
 from dpo.files import atomic_dir, atomic_write
 from dpo.generation import completion_text, generate, stop_ids
@@ -54,7 +60,7 @@ from dpo.generation import completion_text, generate, stop_ids
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PY = REPO / "sample.py"
 NOTEBOOK = REPO / "notebooks" / "imdb_frontier.ipynb"
-STAGES = ("prepare", "sft", "classifier", "sample", "label", "train", "evaluate", "plot")
+STAGES = ("prepare", "sft", "classifier", "sample", "label", "reward_model", "train", "evaluate", "plot")
 RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward_mean", "reward_sem",
                   "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
                   "mean_completion_tokens", "eos_fraction", "seconds", "checkpoint"]
@@ -86,9 +92,10 @@ class ImdbExperiment:
     max_new_tokens: int = 60
     sample_batch_size: int = 64
     tie_tolerance: float = 0.0          # |r_i − r_j| <= this is a tie (pair dropped and counted)
+    reward_model_config: str = ""       # Bradley–Terry reward model on the train pairs ({reward_model}); "" = none
     train_config: str = "configs/imdb/dpo.yaml"
     train_overrides: list = field(default_factory=list)       # for every run of the sweep
-    methods: dict = field(default_factory=dict)  # {method: {overrides: [k=v], param: key, values: [...]}}
+    methods: dict = field(default_factory=dict)  # {method: {config, overrides: [k=v], param: key, values: [...]}}
     eval_prefixes: int = 1000           # test reviews whose prefixes evaluate each checkpoint
     eval_batch_size: int = 64
     evaluate_during_training: bool = False  # evaluate each run's checkpoints while it trains (then the next run)
@@ -106,16 +113,17 @@ def paths(x: ImdbExperiment) -> dict:
         "train_prompts": out / "prompts" / "train.jsonl", "test_prompts": out / "prompts" / "test.jsonl",
         "samples": out / "samples" / "train.jsonl", "scores": out / "samples" / "train_scores.jsonl",
         "pairs_train": out / "pairs" / "train.jsonl", "pairs_eval": out / "pairs" / "eval.jsonl",
-        "pairs_summary": out / "pairs" / "summary.json", "runs": out / "runs", "eval_samples": out / "eval_samples",
+        "pairs_summary": out / "pairs" / "summary.json", "reward_model": out / "reward_model", "runs": out / "runs",
+        "eval_samples": out / "eval_samples",
         "results": out / "results.jsonl", "results_csv": out / "results.csv",
     }
 
 
 def expand(x: ImdbExperiment, overrides: list) -> list[str]:
-    """Extra train.py overrides of the experiment config, with {out_dir} replaced."""
-    if not all(isinstance(o, str) and "=" in o for o in overrides):
-        raise ExperimentError(f"overrides must be a list of key=value strings, got {overrides!r}")
-    return [o.replace("{out_dir}", str(x.out_dir)) for o in overrides]
+    """train.py overrides of the experiment config with {out_dir}, {reward} (the ground-truth reward spec) and
+    {reward_model} (the reward_model stage's model) replaced."""
+    return fill_in(overrides, {"out_dir": x.out_dir, "reward": reward_spec(x),
+                               "reward_model": paths(x)["reward_model"] / "final"})
 
 
 def sft_data_path(x: ImdbExperiment) -> Path:
@@ -302,6 +310,7 @@ def stage_label(x: ImdbExperiment) -> None:
 
 def sweep(x: ImdbExperiment, only: list[str] | None = None) -> list[dict]:
     runs = expand_sweep(x.methods)
+    check_reward_model_runs(runs, x.reward_model_config)
     if only:
         unknown = sorted(set(only) - {r["name"] for r in runs})
         if unknown:
@@ -309,6 +318,19 @@ def sweep(x: ImdbExperiment, only: list[str] | None = None) -> list[dict]:
                                   f"{', '.join(r['name'] for r in runs)}")
         runs = [r for r in runs if r["name"] in only]
     return runs
+
+
+def stage_reward_model(x: ImdbExperiment) -> None:
+    """The Bradley–Terry reward model of the PPO runs: the SFT backbone + a scalar head on the train pairs."""
+    p = paths(x)
+    if not x.reward_model_config:
+        print("reward_model: none configured (reward_model_config is empty)")
+        return
+    sft = require(p["sft"] / "final", "sft")
+    require(p["pairs_summary"], "label")
+    run_train(x.reward_model_config, [f"model.name={sft}", f"data.path={p['pairs_train']}",
+                                      f"data.eval_path={p['pairs_eval']}", f"train.out_dir={p['reward_model']}",
+                                      "wandb.name=imdb-reward-model"], run_dir=p["reward_model"], launcher=x.launcher)
 
 
 def stage_train(x: ImdbExperiment, only=None) -> None:
@@ -320,11 +342,14 @@ def stage_train(x: ImdbExperiment, only=None) -> None:
     evaluate = make_evaluator(x) if x.evaluate_during_training else None
     for run in sweep(x, only):
         run_dir = p["runs"] / run["name"]
+        if uses_reward_model(run):
+            require(p["reward_model"] / "final", "reward_model")
         overrides = [f"model.name={sft}", f"data.path={p['pairs_train']}", f"data.eval_path={p['pairs_eval']}",
                      f"train.out_dir={run_dir}", f"wandb.name=imdb-{run['name']}", *expand(x, x.train_overrides),
-                     *run["overrides"]]
+                     *expand(x, run["overrides"])]
         poll = (lambda name=run["name"]: evaluate(checkpoints_to_evaluate(x, [name], sft=False))) if evaluate else None
-        run_train(x.train_config, overrides, run_dir=run_dir, launcher=x.launcher, while_running=poll)
+        run_train(run["config"] or x.train_config, overrides, run_dir=run_dir, launcher=x.launcher,
+                  while_running=poll)
         if poll:
             poll()
 
@@ -508,7 +533,7 @@ def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
     sweep(x, only)  # a bad sweep or --runs fails now, not after hours of earlier stages
     save_config(x, Path(x.out_dir) / "experiment.yaml")
     actions = {"prepare": stage_prepare, "sft": stage_sft, "classifier": stage_classifier, "sample": stage_sample,
-               "label": stage_label, "train": lambda x: stage_train(x, only),
+               "label": stage_label, "reward_model": stage_reward_model, "train": lambda x: stage_train(x, only),
                "evaluate": lambda x: stage_evaluate(x, only), "plot": stage_plot}
     run_actions(x, actions, stages)
 

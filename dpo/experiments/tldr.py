@@ -21,7 +21,8 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                    the training preferences (scores Best-of-N), and with judge_model_config out_dir/
                    judge_model on the held-out judge pairs (an offline judge that never saw the train pairs)
     train          one train.py run per entry of `methods` (DPO, Preferred-FT, ...) from the SFT model,
-                   with the SFT model as the frozen reference
+                   with the SFT model as the frozen reference; a method with its own `config` runs another
+                   trainer: PPO (loss.name=ppo) against the reward model, ppo.reward=reward_model:{reward_model}
     generate       one summary (reply) per evaluation prompt at each of `temperatures`, from the SFT model
                    and every run's final policy, and Best-of-best_of from the SFT model by the reward model
                    (sample.py): out_dir/generations/{run}/t{T}.jsonl
@@ -56,8 +57,8 @@ from dpo import data, formats
 from dpo.config import save_config
 from dpo.experiments import pairs as pairs_lib
 from dpo.experiments.common import (
-    ExperimentError, append_jsonl, driver_main, execute_notebook, run_actions, expand_sweep, hold_out, require, run_train,
-    train_done, write_csv, write_jsonl,
+    ExperimentError, append_jsonl, check_reward_model_runs, driver_main, execute_notebook, expand_sweep, fill_in,
+    hold_out, require, run_actions, run_train, train_done, uses_reward_model, write_csv, write_jsonl,
 )
 from dpo.files import atomic_dir, atomic_write
 
@@ -99,10 +100,10 @@ class WinRateExperiment:
     tie_tolerance: float = 0.0          # |ROUGE_i − ROUGE_j| <= this is a tie (pair dropped and counted)
     max_new_tokens: int = 64
     sample_batch_size: int = 64
-    reward_model_config: str = ""       # Bradley–Terry reward model for Best-of-N ("" = none)
+    reward_model_config: str = ""       # Bradley–Terry reward model for Best-of-N and PPO ({reward_model}; "" = none)
     judge_model_config: str = ""        # Bradley–Terry judge on the held-out judge pairs ("" = none)
     train_config: str = "configs/tldr/dpo.yaml"
-    methods: dict = field(default_factory=dict)  # {method: {overrides: [k=v], param: key, values: [...]}}
+    methods: dict = field(default_factory=dict)  # {method: {config, overrides: [k=v], param: key, values: [...]}}
     eval_split: str = "test"
     eval_prompts: int = 500             # evaluation prompts (seeded subset of eval_split; 0 = all)
     single_turn: bool = True            # hh: evaluate on single-turn dialogues only (the paper)
@@ -168,6 +169,7 @@ def check_experiment(x: WinRateExperiment) -> None:
 
 def sweep(x: WinRateExperiment, only: list[str] | None = None) -> list[dict]:
     runs = expand_sweep(x.methods) if x.methods else []
+    check_reward_model_runs(runs, x.reward_model_config)
     clash = {r["name"] for r in runs} & {"sft", f"best_of_{x.best_of}"}
     if clash:
         raise ExperimentError(f"methods: run name(s) {', '.join(sorted(clash))} are taken by the baselines")
@@ -449,13 +451,18 @@ def stage_reward_models(x: WinRateExperiment) -> None:
 
 
 def stage_train(x: WinRateExperiment, only=None) -> None:
+    """One train.py run per entry of `methods`; in their overrides {out_dir} and {reward_model} (the reward_models
+    stage's model, PPO's reward) are filled in."""
     p = paths(x)
     sft = sft_dir(x)
     for run in sweep(x, only):
         run_dir = p["runs"] / run["name"]
-        run_train(x.train_config, [f"model.name={sft}", *preference_data(x), f"train.out_dir={run_dir}",
-                                   f"wandb.name={x.task}-{run['name']}", *run["overrides"]],
-                  run_dir=run_dir, launcher=x.launcher)
+        if uses_reward_model(run):
+            require(p["reward_model"] / "final", "reward_models")
+        overrides = fill_in(run["overrides"], {"out_dir": x.out_dir, "reward_model": p["reward_model"] / "final"})
+        run_train(run["config"] or x.train_config, [f"model.name={sft}", *preference_data(x),
+                                                    f"train.out_dir={run_dir}", f"wandb.name={x.task}-{run['name']}",
+                                                    *overrides], run_dir=run_dir, launcher=x.launcher)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The IMDB experiment's pieces: pair construction (4 samples -> 6 ordered pairs, ties dropped and counted),
 the sweep, resumable files, review windows, the notebook executed headless on a small results file, and a
-smoke run of the driver's stages on a toy aclImdb folder (tiny models, a random classifier as reward)."""
+smoke run of the driver's stages on a toy aclImdb folder (tiny models, a random classifier as reward; PPO
+against a reward model trained on the pairs, PPO-GT against the classifier)."""
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import pytest
 from dpo import data, formats
 from dpo.config import load_config
 from dpo.experiments import common, imdb, pairs
+from helpers import write_toy_reward_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,13 +88,20 @@ def test_expand_sweep_names_and_overrides():
                          "values": [1]},
         "preferred_ft": {"overrides": ["loss.name=preferred_ft"]}})
     assert [r["name"] for r in runs] == ["dpo-beta0.05", "dpo-beta5", "unlikelihood-alpha1", "preferred_ft"]
-    assert runs[1]["overrides"] == ["loss.name=sigmoid", "loss.beta=5"]
+    assert runs[1]["overrides"] == ["loss.name=sigmoid", "loss.beta=5"] and runs[1]["config"] == ""
     assert runs[2]["overrides"][-1] == "loss.options.unlikelihood_alpha=1"
     assert runs[3]["param"] == "" and runs[3]["value"] is None
     with pytest.raises(common.ExperimentError, match="go together"):
         common.expand_sweep({"dpo": {"param": "loss.beta"}})
     with pytest.raises(common.ExperimentError, match="unknown key"):
         common.expand_sweep({"dpo": {"valuez": [1]}})
+    ppo = common.expand_sweep({"ppo": {"config": "ppo.yaml", "overrides": ["ppo.reward=reward_model:{reward_model}"],
+                                       "param": "ppo.kl_target", "values": [3]}})
+    assert ppo[0]["name"] == "ppo-kl_target3" and ppo[0]["config"] == "ppo.yaml"
+    with pytest.raises(common.ExperimentError, match="uses {reward_model}, which needs reward_model_config"):
+        common.check_reward_model_runs(ppo, "")
+    assert common.fill_in(ppo[0]["overrides"], {"reward_model": "/rm"}) == ["ppo.reward=reward_model:/rm",
+                                                                             "ppo.kl_target=3"]
 
 
 def test_the_paper_sweep_in_the_shipped_configs():
@@ -103,6 +112,11 @@ def test_the_paper_sweep_in_the_shipped_configs():
         assert [r["value"] for r in runs if r["method"] == "unlikelihood"] == [0.05, 0.1, 0.5, 1]
         assert [r["name"] for r in runs if r["method"] == "preferred_ft"] == ["preferred_ft"]
         assert x.samples_per_prefix == 4 and x.max_new_tokens == 60 and x.temperature == 1.0
+        for method, reward in (("ppo", f"ppo.reward=reward_model:{x.out_dir}/reward_model/final"),
+                               ("ppo_gt", f"ppo.reward={imdb.reward_spec(x)}")):  # the paper's target KLs
+            ppo = [r for r in runs if r["method"] == method]
+            assert [r["value"] for r in ppo] == [3, 6, 9, 12] and imdb.expand(x, ppo[0]["overrides"])[0] == reward
+            assert load_config(ppo[0]["config"]).ppo.max_new_tokens == x.max_new_tokens  # KL over the same length
     x = load_config(ROOT / "configs" / "imdb" / "mini.yaml", ["out_dir=/x/y"], cls=imdb.ImdbExperiment)
     assert imdb.expand(x, x.classifier_overrides) == ["model.name=/x/y/sft/final"]
     with pytest.raises(common.ExperimentError, match="key=value"):
@@ -172,7 +186,8 @@ def results_rows() -> list[dict]:
     rows = [{"run": "sft", "method": "sft", "param": "", "value": "", "step": 0, "examples": 0, "reward_mean": 0.5,
              "reward_sem": 0.02, "kl_exact_mean": 0.0, "kl_exact_sem": 0.0, "kl_sampled_mean": 0.0, "n_samples": 50}]
     for method, param, values in [("dpo", "loss.beta", [0.1, 1]), ("unlikelihood", "loss.options.unlikelihood_alpha", [1]),
-                                  ("preferred_ft", "", [""])]:
+                                  ("preferred_ft", "", [""]), ("ppo", "ppo.kl_target", [3]),
+                                  ("ppo_gt", "ppo.kl_target", [3])]:
         for value in values:
             for step in (10, 20):
                 rows.append({"run": f"{method}-{value}", "method": method, "param": param, "value": value,
@@ -199,7 +214,9 @@ def test_notebook_executes_headless_and_writes_the_png(tmp_path, monkeypatch):
     table = figure.with_suffix(".md").read_text().splitlines()
     assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
     assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
-    assert len(table) == 2 + 1 + 4
+    assert "| PPO | kl_target = 3 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
+    assert "| PPO-GT | kl_target = 3 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
+    assert len(table) == 2 + 1 + 6
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -254,6 +271,13 @@ train: {epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimiz
         warmup_steps: 0, save_every: 1, log_every: 100, device: cpu}
 wandb: {mode: disabled}
 """)
+    (tmp_path / "ppo.yaml").write_text("""
+data: {format: preference_jsonl, eval_examples: 4, max_length: 40, max_prompt_length: 8}
+loss: {name: ppo}
+ppo: {iterations: 2, rollout_prompts: 8, minibatch_size: 4, ppo_epochs: 1, max_new_tokens: 12, kl_horizon: 100}
+train: {optimizer: adamw, lr: 1.0e-3, save_every: 1, log_every: 100, device: cpu}
+wandb: {mode: disabled}
+""")
     imdb = toy_imdb(tmp_path / "aclImdb")
     (tmp_path / "experiment.yaml").write_text(f"""
 out_dir: {tmp_path / 'out'}
@@ -268,10 +292,14 @@ pair_eval_prefixes: 4
 samples_per_prefix: 4
 max_new_tokens: 12
 sample_batch_size: 32
+reward_model_config: {write_toy_reward_model_config(tmp_path / 'rm.yaml', 40)}
 train_config: {tmp_path / 'dpo.yaml'}
 methods:
   dpo: {{overrides: [loss.name=sigmoid], param: loss.beta, values: [0.1]}}
   preferred_ft: {{overrides: [loss.name=preferred_ft]}}
+  ppo: {{config: {tmp_path / 'ppo.yaml'}, overrides: ["ppo.reward=reward_model:{{reward_model}}"], param: ppo.kl_target,
+        values: [2]}}
+  ppo_gt: {{config: {tmp_path / 'ppo.yaml'}, overrides: ["ppo.reward={{reward}}"], param: ppo.kl_target, values: [2]}}
 eval_prefixes: 8
 eval_batch_size: 8
 figure: {tmp_path / 'figure.png'}
@@ -298,8 +326,15 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list((out / "runs" / "preferred_ft" / "checkpoints").glob("step-*")) == []
     assert (out / "runs" / "preferred_ft" / "final" / "config.json").is_file()
-    proc = driver(config, "train,evaluate")
+    proc = driver(config, "train", "--runs", "ppo-kl_target2")  # PPO's reward model is not trained yet
+    assert proc.returncode == 1 and "reward_model/final: missing; run the reward_model stage first" in proc.stderr
+    proc = driver(config, "reward_model,train,evaluate")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert common.train_done(out / "reward_model")
+    ppo_config = (out / "runs" / "ppo-kl_target2" / "config.yaml").read_text()
+    assert f"reward: reward_model:{out / 'reward_model' / 'final'}" in ppo_config and "kl_target: 2.0" in ppo_config
+    ppo_gt_config = (out / "runs" / "ppo_gt-kl_target2" / "config.yaml").read_text()
+    assert f"reward: classifier:{tmp_path / 'classifier'}" in ppo_gt_config  # the ground truth, {reward}
     prompts = rows_of(out / "prompts" / "train.jsonl")
     assert len(prompts) == 24 and sum(p["split"] == "eval" for p in prompts) == 4
     assert {p["label"] for p in prompts} == {0, 1}
@@ -313,9 +348,17 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     for pair in rows_of(out / "pairs" / "train.jsonl"):
         assert pair["reward_chosen"] > pair["reward_rejected"]
     results = rows_of(out / "results.jsonl")
-    # the SFT model (step 0) and checkpoints 1 and 2 of both runs
+    # the SFT model (step 0) and checkpoints 1 and 2 of every run (PPO: rollouts 1 and 2)
     assert sorted((r["run"], r["step"]) for r in results) == [
-        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
+        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("ppo-kl_target2", 1), ("ppo-kl_target2", 2),
+        ("ppo_gt-kl_target2", 1), ("ppo_gt-kl_target2", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
+    by_run = {r["run"]: r for r in results}  # PPO's rows: the same columns, the same test prefixes, reward and KL
+    assert set(by_run["ppo-kl_target2"]) == set(by_run["ppo_gt-kl_target2"]) == set(by_run["dpo-beta0.1"])
+    assert all(r["n_samples"] == 8 and r["examples"] == 8 * r["step"] for r in results if r["method"] == "ppo")
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert sum(line.startswith("ppo-kl_target2,ppo,ppo.kl_target,2,") for line in csv_lines) == 2
+    table = imdb.format_table(imdb.final_rows(results))
+    assert "| ppo | kl_target = 2 | 2 |" in table and "| ppo_gt | kl_target = 2 | 2 |" in table
     sft = next(r for r in results if r["run"] == "sft")
     assert sft["kl_exact_mean"] == 0 and sft["n_samples"] == 8  # the reference against itself
     assert all(r["kl_exact_mean"] >= 0 and 0 <= r["reward_mean"] <= 1 for r in results)
@@ -325,9 +368,9 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     assert len(eval_rows) == 8 and {"prompt", "completion", "completion_token_ids", "reward", "kl_exact"} <= set(eval_rows[0])
     # everything is done: a rerun skips every stage and changes nothing
     before = (out / "results.csv").read_text()
-    proc = driver(config, "sft,sample,label,train,evaluate")
+    proc = driver(config, "sft,sample,label,reward_model,train,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("skip:") >= 5 and (out / "results.csv").read_text() == before
+    assert proc.stdout.count("skip:") >= 8 and (out / "results.csv").read_text() == before
 
 
 def test_driver_errors_are_one_line(tmp_path):

@@ -16,7 +16,7 @@ from dpo import data
 from dpo.config import load_config
 from dpo.evaluate import judge as J
 from dpo.experiments import common, pairs, tldr
-from helpers import OUTPUT_CASES, bad_output_path, refused
+from helpers import OUTPUT_CASES, bad_output_path, refused, write_toy_reward_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,10 @@ def test_shipped_configs_validate():
     mini = load_config(ROOT / "configs" / "tldr" / "mini.yaml", cls=tldr.WinRateExperiment)
     tldr.check_experiment(mini)
     assert mini.temperatures == [0.0, 0.25, 0.5, 0.75, 1.0] and mini.preferences == "samples"
-    assert [r["name"] for r in tldr.sweep(mini)] == ["dpo", "preferred_ft"]
+    assert [r["name"] for r in tldr.sweep(mini)] == ["dpo", "preferred_ft", "ppo"]
+    ppo = tldr.sweep(mini)[2]  # PPO against the reward model the reward_models stage trains (Best-of-N's)
+    assert ppo["overrides"] == ["ppo.reward=reward_model:{reward_model}"] and mini.reward_model_config
+    assert load_config(ppo["config"]).ppo.max_new_tokens == mini.max_new_tokens
     assert "loss.beta=0.5" in tldr.sweep(mini)[0]["overrides"]
     assert [(j["judge"], j["against"]) for j in mini.judges] == [("rouge", "sft@0"), ("judge_model", "reference")]
     paper = load_config(ROOT / "configs" / "tldr" / "pipeline.yaml", cls=tldr.WinRateExperiment)
@@ -106,6 +109,9 @@ def test_shipped_configs_validate():
     assert paper.temperatures == [0.0, 0.25, 0.5, 0.75, 1.0] and paper.best_of == 128
     assert paper.judges[0]["judge"] == "llm" and paper.judges[0]["task"] == "summary_concise"
     assert "loss.beta=0.5" in tldr.sweep(paper)[0]["overrides"]
+    assert [r["name"] for r in tldr.sweep(paper)] == ["dpo", "preferred_ft"]  # PPO does not fit GPT-J without FSDP2
+    paper_ppo = load_config(ROOT / "configs" / "tldr" / "ppo.yaml")
+    assert paper_ppo.model.name == paper.sft_model and paper_ppo.ppo.max_new_tokens == paper.max_new_tokens
     hh = load_config(ROOT / "configs" / "hh" / "pipeline.yaml", cls=tldr.WinRateExperiment)
     tldr.check_experiment(hh)
     assert hh.task == "hh" and hh.temperatures == [0.25, 0.7, 1.0] and hh.single_turn
@@ -125,6 +131,9 @@ def test_shipped_configs_validate():
     (["preferences=samples", "task=hh"], "needs task tldr"),
     (["temperatures=[]"], "temperatures"),
     (["methods={sft: {}}"], "taken by the baselines"),
+    (["reward_model_config=", "best_of=0", "methods={ppo: {config: configs/tldr/ppo.yaml, "
+      "overrides: ['ppo.reward=reward_model:{reward_model}']}}"],
+     "run ppo uses {reward_model}, which needs reward_model_config"),
 ])
 def test_bad_experiment_configs_fail_with_the_key(overrides, message):
     x = load_config(ROOT / "configs" / "tldr" / "pipeline.yaml", overrides, cls=tldr.WinRateExperiment)
@@ -309,7 +318,7 @@ def results_rows() -> list[dict]:
     rows = []
     for judge, against in (("judge-rm", "reference"), ("rouge-vs-sft", "sft@0")):
         for run, method, base in (("sft", "sft", 0.40), ("dpo", "dpo", 0.55), ("preferred_ft", "preferred_ft", 0.45),
-                                  ("best_of_8", "best_of", 0.5)):
+                                  ("ppo", "ppo", 0.52), ("best_of_8", "best_of", 0.5)):
             for t in (0.0, 0.25, 0.5, 0.75, 1.0):
                 w = round(base - 0.08 * t, 4)
                 rows.append({"judge": judge, "judge_spec": "judge_model" if judge == "judge-rm" else "rouge",
@@ -344,7 +353,8 @@ def test_notebook_executes_headless_and_writes_the_png(tmp_path, monkeypatch):
     assert lines[0] == "| method | T = 0 | T = 0.25 | T = 0.5 | T = 0.75 | T = 1 |"
     assert lines[2] == ("| SFT | 0.40 [0.30, 0.50] | 0.38 [0.28, 0.48] | 0.36 [0.26, 0.46] | 0.34 [0.24, 0.44] "
                         "| 0.32 [0.22, 0.42] |")
-    assert lines[3].startswith("| DPO | 0.55 [0.45, 0.65] |") and lines[5].startswith("| Best of 8 |")
+    assert lines[3].startswith("| DPO | 0.55 [0.45, 0.65] |") and lines[5].startswith("| PPO | 0.52 [0.42, 0.62] |")
+    assert lines[6].startswith("| Best of 8 |")
     assert sections[2].startswith("judge rouge-vs-sft (rouge) vs sft samples at T = 0, n = 100 prompts")
 
 
@@ -378,18 +388,19 @@ train: {epochs: 2, batch_size: 8, micro_batch_size: 8, optimizer: adamw, lr: 1.0
         log_every: 100, device: cpu}
 wandb: {mode: disabled}
 """)
-    (tmp_path / "rm.yaml").write_text("""
-data: {format: preference_jsonl, eval_examples: 8, max_length: 80}
-loss: {name: reward_model}
-train: {epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: adamw, lr: 1.0e-3,
-        warmup_steps: 0, log_every: 100, device: cpu}
-wandb: {mode: disabled}
-""")
+    write_toy_reward_model_config(tmp_path / "rm.yaml", 80)
     (tmp_path / "dpo.yaml").write_text("""
 data: {format: preference_jsonl, eval_examples: 8, max_length: 80, max_prompt_length: 64}
 loss: {name: sigmoid, beta: 0.5}
 train: {epochs: 1, max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: rmsprop, lr: 1.0e-3,
         warmup_steps: 0, log_every: 100, device: cpu}
+wandb: {mode: disabled}
+""")
+    (tmp_path / "ppo.yaml").write_text("""
+data: {format: preference_jsonl, eval_examples: 4, max_length: 80, max_prompt_length: 64}
+loss: {name: ppo}
+ppo: {iterations: 2, rollout_prompts: 8, minibatch_size: 4, ppo_epochs: 1, max_new_tokens: 8, kl_target: 0}
+train: {optimizer: adamw, lr: 1.0e-3, log_every: 100, device: cpu}
 wandb: {mode: disabled}
 """)
     (tmp_path / "experiment.yaml").write_text(f"""
@@ -410,7 +421,9 @@ sample_batch_size: 64
 reward_model_config: {tmp_path / 'rm.yaml'}
 judge_model_config: {tmp_path / 'rm.yaml'}
 train_config: {tmp_path / 'dpo.yaml'}
-methods: {{dpo: {{overrides: [loss.name=sigmoid]}}}}
+methods:
+  dpo: {{overrides: [loss.name=sigmoid]}}
+  ppo: {{config: {tmp_path / 'ppo.yaml'}, overrides: ["ppo.reward=reward_model:{{reward_model}}"]}}
 eval_prompts: 0
 temperatures: [0, 1]
 best_of: 2
@@ -446,26 +459,31 @@ def test_driver_runs_every_stage_on_a_toy_folder(tmp_path, capsys):
             reference = references[p["prompt_id"]]
             assert rouge_l_f1(p["chosen"], reference) > rouge_l_f1(p["rejected"], reference)
     assert {r["prompt_id"].split(":")[0] for r in rows_of(out / "pairs" / "judge.jsonl")} == {"valid"}
-    for name in ("sft", "reward_model", "judge_model", "runs/dpo"):
+    for name in ("sft", "reward_model", "judge_model", "runs/dpo", "runs/ppo"):
         assert common.train_done(out / name)
+    ppo_config = (out / "runs" / "ppo" / "config.yaml").read_text()
+    assert f"reward: reward_model:{out / 'reward_model' / 'final'}" in ppo_config  # the stage's model, reused
     # generate: every policy at every temperature, one sample per test post; Best-of-2 greedy is sampled once
-    for run in ("sft", "dpo", "best_of_2"):
+    for run in ("sft", "dpo", "ppo", "best_of_2"):
         for t in ("t0", "t1"):
             rows = rows_of(out / "generations" / run / f"{t}.jsonl")
             assert len(rows) == 6 and all(r["reference"] for r in rows)
     assert {r["best_of"] for r in rows_of(out / "generations" / "best_of_2" / "t0.jsonl")} == {1}
     assert {r["best_of"] for r in rows_of(out / "generations" / "best_of_2" / "t1.jsonl")} == {2}
-    # judge: 2 judges x 3 runs x 2 temperatures
+    # judge: 2 judges x 4 runs x 2 temperatures; PPO's rows have the columns DPO's have
     results = rows_of(out / "results.jsonl")
-    assert len(results) == 12 and all(r["n"] + r["unparseable"] + r["errors"] == 6 for r in results)
+    assert len(results) == 16 and all(r["n"] + r["unparseable"] + r["errors"] == 6 for r in results)
+    ppo_rows = [r for r in results if r["run"] == "ppo"]
+    assert len(ppo_rows) == 4 and all(set(r) == set(results[0]) and r["method"] == "ppo" for r in ppo_rows)
+    assert sum(line.split(",")[3] == "ppo" for line in (out / "results.csv").read_text().splitlines()) == 4
     same = [r for r in results if r["judge"] == "rouge-vs-sft" and r["run"] == "sft" and r["temperature"] == 0]
     assert same[0]["ties"] == 6 and same[0]["win_rate"] == 0.5
     printed = capsys.readouterr().out
-    assert "| run | T = 0 | T = 1 |" in printed and "=== stage judge done" in printed
+    assert "| run | T = 0 | T = 1 |" in printed and "=== stage judge done" in printed and "\n| ppo | " in printed
     # a rerun finds everything done
     assert tldr.main(["--config", str(config), "--stage", "prepare,pairs,generate,judge"]) == 0
     assert "skip: " in capsys.readouterr().out
-    assert len(rows_of(out / "results.jsonl")) == 12
+    assert len(rows_of(out / "results.jsonl")) == 16
 
 
 @pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "missing config", "malformed config",
