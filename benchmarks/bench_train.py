@@ -5,7 +5,7 @@
 
 One step = the loop of train.py on a global batch of `batch` pairs: policy forward+backward on chosen and
 rejected (2·batch sequences of seq-len tokens, the response being the last 1 − prompt-frac; with
---share-prompt one row per pair, the prompt computed once), a reference forward
+--share-prompt all pairs in one row, each prompt computed once, no padding), a reference forward
 without gradients, the DPO loss, clip, optimizer step. Random weights and random tokens: throughput does
 not depend on their values. The first step (warm-up, allocations) is excluded from the timings.
 
@@ -40,7 +40,7 @@ SHAPES = {  # GPT-2 family shapes (vocab 50257, learned positions)
 
 def random_batch(pairs: int, seq_len: int, vocab: int, device, prompt_frac: float = 0.25, share: bool = False) -> dict:
     """`pairs` pairs of random tokens: a prompt of prompt_frac·seq_len tokens shared by a chosen and a rejected
-    response making up the rest; laid out as two rows per pair, or one with the prompt shared."""
+    response making up the rest; laid out as two rows per pair, or with the prompt shared (collate_shared)."""
     from dpo import batching
     g, n_prompt = torch.Generator().manual_seed(0), int(seq_len * prompt_frac)
     examples = []
@@ -65,7 +65,7 @@ def main():
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--prompt-frac", type=float, default=0.25, help="share of each sequence that is prompt")
-    p.add_argument("--share-prompt", action="store_true", help="one row per pair, the prompt computed once")
+    p.add_argument("--share-prompt", action="store_true", help="[prompt | chosen | rejected] blocks in one row")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)

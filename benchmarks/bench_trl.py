@@ -18,7 +18,8 @@ pair are compared, TRL's taken from its own prepared dataset).
         step times from a TrainerCallback (on_step_begin .. on_step_end; the batch is fetched before).
 Same pairs, batch, steps, RMSprop lr 1e-6, sigmoid loss beta 0.1, fp32, 2 threads (OMP/MKL_NUM_THREADS=2,
 torch.set_num_threads(2)); TRL's other options are its defaults and printed (gradient_checkpointing=True is
-one; --trl-no-gradient-checkpointing turns it off). The first --warmup steps are dropped; a run's step time
+one; --trl-no-gradient-checkpointing turns it off). train.py puts large CPU tensors on 2 MiB pages
+(THP_MEM_ALLOC_ENABLE=1, its default); TRL runs as shipped, or with the same switch under --trl-thp. The first --warmup steps are dropped; a run's step time
 is the median of the rest. Peak RSS: ru_maxrss of each child process from os.wait4, the same for both.
 
 Tokens, counted alike for both sides (as TRL counts them): per pair the non-pad tokens of prompt+chosen plus
@@ -141,10 +142,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 # ---------------------------------------------------------------------------------------------------- the two sides
 
-def spawn(cmd: list[str], log: Path) -> int:
+def spawn(cmd: list[str], log: Path, env: dict | None = None) -> int:
     """Run cmd with the benchmark's env; return its peak RSS in KiB (os.wait4's ru_maxrss); fail with its log."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -178,7 +180,7 @@ def run_trl(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[li
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-child", str(model), str(data), str(result),
            "--batch", str(args.batch), "--steps", str(n_steps)] + (["--trl-no-gradient-checkpointing"]
                                                                     if args.trl_no_gradient_checkpointing else [])
-    rss = spawn(cmd, work / "trl.log")
+    rss = spawn(cmd, work / "trl.log", {"THP_MEM_ALLOC_ENABLE": "1"} if args.trl_thp else None)
     out = json.loads(result.read_text())
     return out["step_times"], rss, out
 
@@ -297,6 +299,8 @@ def main():
                    help="folder with aclImdb-mini/, tldr-mini/ and gpt2/ (vocab.json, merges.txt)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs, model)")
     p.add_argument("--ours-only", action="store_true", help="skip TRL (a quick check of our side)")
+    p.add_argument("--trl-thp", action="store_true",
+                   help="run TRL with THP_MEM_ALLOC_ENABLE=1 too (train.py sets it for ours by default)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for our side's config, e.g. train.activation_checkpointing=true")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",

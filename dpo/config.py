@@ -49,7 +49,7 @@ class DataConfig:
     prompt_truncation_side: str = ""  # keep_start | keep_end | "" = the format's default (keep_end for HH)
     pad_to_multiple_of: int = 0     # 0 = no rounding of the padded length
     chat_template: str = ""         # conversational data: "" = the tokenizer's own template, or a family name
-    share_prompt: bool = True       # pairs: one row [prompt | chosen | rejected], the prompt computed once
+    share_prompt: bool = True       # pairs as [prompt | chosen | rejected] blocks in one row: prompt once, no padding
 
 
 @dataclass

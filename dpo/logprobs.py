@@ -68,10 +68,10 @@ def _probs_(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return z.sub_(lse[:, None]).exp_()
 
 
-def _grad_from_probs_(p: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """In place on probabilities p [n, V]: d(grad · log p[target]) / dz = grad · (onehot − p), the gradient
-    with respect to the logits."""
-    p.mul_(-grad[:, None])
+def _grad_from_probs_(p: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor, total=None) -> torch.Tensor:
+    """In place on probabilities p [n, V] (or on exp(z − max z) and its row sums total [n, 1], normalised in the
+    same pass): d(grad · log p[target]) / dz = grad · (onehot − p), the gradient with respect to the logits."""
+    p.mul_(-grad[:, None] if total is None else -grad[:, None] / total)
     p[torch.arange(p.shape[0], device=p.device), targets] += grad
     return p
 
@@ -91,18 +91,17 @@ def rows_per_chunk(vocab_size: int, memory_budget: int) -> int:
 
 class _TokenLogpsFromHidden(torch.autograd.Function):
     """(hidden_rows [M, C], weight [V, C], bias [V] | None, targets [M]) -> (logps [M], log Σ p² [M] | empty).
-    (`grad_enabled`: torch.is_grad_enabled() of the caller; forward always runs without it.)
 
     Logits z = hidden_rows @ weight.T + bias are formed as many rows at a time as fit `memory_budget` bytes
     of fp32 and kept only as a logsumexp per row. Backward needs softmax z again: when all M rows fit the
-    budget and a gradient is wanted, forward keeps the probabilities [M, V] (one matmul less, the reference's
-    no-grad forward keeps nothing); otherwise backward recomputes them chunk by chunk. Each chunk's
+    budget and a gradient is wanted, forward keeps exp(z − max z) [M, V] and its row sums (one matmul less);
+    otherwise backward recomputes the probabilities chunk by chunk. Each chunk's
     gradient g·(onehot − softmax z) is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
 
     @staticmethod
-    def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype, grad_enabled):
+    def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype):
         M, n = hidden_rows.shape[0], rows_per_chunk(weight.shape[0], memory_budget)
-        keep_probs = grad_enabled and any(ctx.needs_input_grad[:3]) and M <= n
+        keep_probs = any(ctx.needs_input_grad[:3]) and M <= n  # (without grad, ctx and what it keeps go at once)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         logps = torch.zeros(M, dtype=torch.float32, device=hidden_rows.device)
@@ -118,8 +117,8 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
                 logps[i:i + n] = target_logits - lse[i:i + n]
                 if with_log_sum_sq:  # log Σ p² = 2 log ‖exp(z − max)‖ − 2 log Σ exp(z − max)
                     log_sum_sq[i:i + n] = 2 * (torch.linalg.vector_norm(z, dim=1) / total.squeeze(1)).log()
-                if keep_probs:
-                    ctx.probs = z.div_(total)
+                if keep_probs:  # (normalised in backward, in the pass that scales them)
+                    ctx.probs = (z, total)
         ctx.save_for_backward(hidden_rows, weight, bias, targets, lse)
         ctx.rows, ctx.dtype = n, dtype
         ctx.mark_non_differentiable(log_sum_sq)
@@ -129,7 +128,7 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
     def backward(ctx, grad_logps, _grad_log_sum_sq):
         hidden_rows, weight, bias, targets, lse = ctx.saved_tensors
         dtype, n = ctx.dtype, ctx.rows
-        probs, ctx.probs = ctx.probs, None  # used up in place below (a second backward recomputes them)
+        kept, ctx.probs = ctx.probs, None  # used up in place below (a second backward recomputes them)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -141,8 +140,8 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
         with torch.autocast(hidden_rows.device.type, enabled=False):
             for i in range(0, hidden_rows.shape[0], n):
                 h = hidden_rows[i:i + n].to(dtype)
-                p = probs if probs is not None else _probs_(F.linear(h, w, b).float(), lse[i:i + n])
-                g = _grad_from_probs_(p, targets[i:i + n], grad_logps[i:i + n].float())
+                p, total = kept if kept is not None else (_probs_(F.linear(h, w, b).float(), lse[i:i + n]), None)
+                g = _grad_from_probs_(p, targets[i:i + n], grad_logps[i:i + n].float(), total)
                 if need_h:
                     grad_hidden[i:i + n] = (g.to(dtype) @ w).to(hidden_rows.dtype)
                 if need_w:
@@ -158,7 +157,7 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.to(weight.dtype)
         if need_b:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -184,7 +183,7 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     # Only response rows get logits; index_select's backward scatters grad_hidden back (prompt rows get 0).
     hidden_rows = hidden.reshape(B * T, C).index_select(0, rows)
     logps, log_sum_sq = _TokenLogpsFromHidden.apply(hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq,
-                                                    _projection_dtype(hidden, weight), torch.is_grad_enabled())
+                                                    _projection_dtype(hidden, weight))
     out = _to_token_grid(logps, rows, B, T)
     return out, (_to_token_grid(log_sum_sq, rows, B, T) if with_log_sum_sq else None)
 
@@ -214,14 +213,14 @@ def shared_sequence_logps(model, batch: dict):
     weight, bias = head_weights(model)
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
     token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], LOGITS_MEMORY_BUDGET,
-                                                 False, _projection_dtype(hidden, weight), torch.is_grad_enabled())
+                                                 False, _projection_dtype(hidden, weight))
     n = 2 * batch["indices"].shape[0]
     return (token_logps.new_zeros(n).index_add(0, batch["gather_sequence"], token_logps),
             torch.bincount(batch["gather_sequence"], minlength=n))
 
 
 def batch_sequence_logps(model, batch: dict, ld_alpha: float | None = 1.0):
-    """(logps [N], n_tokens [N]) of every response of a batch, laid out shared (one row per pair) or not."""
+    """(logps [N], n_tokens [N]) of every response of a batch, laid out shared (collate_shared) or not."""
     if "layout_mask" in batch:
         return shared_sequence_logps(model, batch)
     return sequence_logps(model_token_logps(model, batch)[0], response_mask(batch["labels"]), ld_alpha)
