@@ -9,10 +9,11 @@ rejected (2·batch sequences of seq-len tokens, the response being the last 1 �
 without gradients, the DPO loss, clip, optimizer step. Random weights and random tokens: throughput does
 not depend on their values. The first step (warm-up, allocations) is excluded from the timings.
 
-MFU = model FLOPs per second / peak bf16 FLOPs of the GPU, where model FLOPs per token are
-6N + 12·L·H·D·T for the policy (forward + backward) and 2N + 4·L·H·D·T for the reference (forward), as in
-nanoGPT / PaLM (N: non-embedding parameters). tokens/s counts the tokens of both sequences of each pair
-(the prompt twice, as peers count it), whatever the layout.
+MFU = the FLOPs a step needs per second / peak bf16 FLOPs of the GPU. Needed: per pair, the prompt once and
+each response once (P + 2R tokens, whatever the layout computes), 2·N_body + 4·L·H·D·T per token (PaLM /
+nanoGPT; N_body: the blocks' parameters) and the vocabulary head 2·V·C on the 2R response tokens only; 3× that
+for the policy (forward + backward), 1× for the reference (forward). tokens/s counts the tokens of both
+sequences of each pair (the prompt twice, as peers count it), whatever the layout.
 """
 import argparse
 import resource
@@ -52,6 +53,15 @@ def random_batch(pairs: int, seq_len: int, vocab: int, device, prompt_frac: floa
                          "rejected_labels": [-100] * n_prompt + rejected})
     batch = (batching.collate_shared if share else batching.collate_preference)(examples, 0)
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def needed_flops(model, n_prompt: int, n_response: int, seq_len: int) -> float:
+    """Forward FLOPs one pair needs: the body on its prompt once and both responses, the head on the responses."""
+    head = model.lm_head.weight.numel()
+    body = model.num_params() - head
+    cfg = model.config
+    attention = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+    return (2 * body + attention) * (n_prompt + 2 * n_response) + 2 * head * 2 * n_response
 
 
 def main():
@@ -110,7 +120,8 @@ def main():
     sync()
     seconds = (time.perf_counter() - start) / args.steps
     tokens = 2 * args.batch * args.seq_len
-    flops = tokens * (policy.flops_per_token(args.seq_len) + reference.flops_per_token(args.seq_len, backward=False))
+    n_prompt = int(args.seq_len * args.prompt_frac)
+    flops = 4 * args.batch * needed_flops(policy, n_prompt, args.seq_len - n_prompt, args.seq_len)
     if device.type == "cuda":
         peak_gb = torch.cuda.max_memory_allocated() / 2**30
         name = torch.cuda.get_device_name()
