@@ -95,8 +95,8 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
     Logits z = hidden_rows @ weight.T + bias are formed as many rows at a time as fit `memory_budget` bytes
     of fp32 and kept only as a logsumexp per row. Backward needs softmax z again: when all M rows fit the
     budget and a gradient is wanted, forward keeps exp(z − max z) [M, V] and its row sums (one matmul less);
-    otherwise backward recomputes the probabilities chunk by chunk. Each chunk's
-    gradient g·(onehot − softmax z) is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
+    otherwise backward recomputes the probabilities chunk by chunk. Each chunk's gradient g·(onehot − softmax z)
+    is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
 
     @staticmethod
     def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype):
