@@ -33,11 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-# CPU tensors of 2 MiB and more on 2 MiB pages (a PyTorch allocator switch): a step allocates and frees its
-# logits and gradients anew, and on 4 KiB pages each first touch is a page fault (a CPU step ~7% faster with
-# it). Read when torch first allocates; THP_MEM_ALLOC_ENABLE=0 turns it off.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-import torch  # noqa: E402
+import torch
 import torch.nn as nn
 
 from dpo import batching, checkpoint, distributed, lora, losses, quickstart, reference_cache, reward_model

@@ -18,8 +18,8 @@ pair are compared, TRL's taken from its own prepared dataset).
         step times from a TrainerCallback (on_step_begin .. on_step_end; the batch is fetched before).
 Same pairs, batch, steps, RMSprop lr 1e-6, sigmoid loss beta 0.1, fp32, 2 threads (OMP/MKL_NUM_THREADS=2,
 torch.set_num_threads(2)); TRL's other options are its defaults and printed (gradient_checkpointing=True is
-one; --trl-no-gradient-checkpointing turns it off). train.py puts large CPU tensors on 2 MiB pages
-(THP_MEM_ALLOC_ENABLE=1, its default); TRL runs as shipped, or with the same switch under --trl-thp. The first --warmup steps are dropped; a run's step time
+one; --trl-no-gradient-checkpointing turns it off). --trl-thp runs TRL with PyTorch's 2 MiB pages for large
+CPU tensors (THP_MEM_ALLOC_ENABLE=1); to give ours the same, export it before running this script. The first --warmup steps are dropped; a run's step time
 is the median of the rest. Peak RSS: ru_maxrss of each child process from os.wait4, the same for both.
 
 Tokens, counted alike for both sides (as TRL counts them): per pair the non-pad tokens of prompt+chosen plus
@@ -300,7 +300,7 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs, model)")
     p.add_argument("--ours-only", action="store_true", help="skip TRL (a quick check of our side)")
     p.add_argument("--trl-thp", action="store_true",
-                   help="run TRL with THP_MEM_ALLOC_ENABLE=1 too (train.py sets it for ours by default)")
+                   help="run TRL with THP_MEM_ALLOC_ENABLE=1 (2 MiB pages for large CPU tensors)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for our side's config, e.g. train.activation_checkpointing=true")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
