@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "DPO_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, n_positions=1024)
 RESPONSE_WORDS, MAX_LENGTH = 40, 1024
-TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"  # as dpo/formats.py
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -79,6 +78,7 @@ def imdb_pairs(folder: Path, n: int, seed: int = 0) -> list[dict]:
 
 def tldr_pairs(path: Path, n: int, seed: int = 0) -> list[dict]:
     """Prompt = a 40-100-word post in the TL;DR SFT format, chosen = its summary, rejected = another's."""
+    from dpo.formats import TLDR_TEMPLATE
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if 40 <= len(r["post"].split()) <= 100 and r["summary"].strip()]
     rng = random.Random(seed)
