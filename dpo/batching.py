@@ -280,29 +280,28 @@ def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | Non
     last prompt position predicts both first tokens), gather_targets [M], gather_sequence [M] (pair b's chosen
     is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
     collate_preference's [2B] rows (tested for every model family)."""
-    B, tokens, positions, groups, parts, starts, flat = len(batch), [], [], [], [], [], []
+    B, tokens, positions, blocks, flat = len(batch), [], [], [], []
     for b, ex in enumerate(batch):
         p, start = len(ex["prompt_input_ids"]), len(tokens)
         chosen, rejected = ex["chosen_input_ids"][p:], ex["rejected_input_ids"][p:]
         flat += [(b + seq * B, start + ((first + k - 1) if k else p - 1), label)
                  for seq, first, labels in ((0, p, ex["chosen_labels"][p:]), (1, p + len(chosen), ex["rejected_labels"][p:]))
                  for k, label in enumerate(labels) if label != IGNORE_INDEX and (k or p)]  # no prompt: no first score
-        starts.append(start)
+        blocks.append((start, p, len(chosen), len(rejected)))
         tokens += ex["prompt_input_ids"] + chosen + rejected
         positions += list(range(p + len(chosen))) + list(range(p, p + len(rejected)))
-        groups += [b] * (p + len(chosen) + len(rejected))
-        parts += [0] * p + [1] * len(chosen) + [2] * len(rejected)  # 0 prompt | 1 chosen | 2 rejected
     input_ids, attention_mask = pad_rows([tokens], pad_id, multiple_of=pad_to_multiple_of)
     N = input_ids.shape[1]
-    group, part = (pad_rows([x], -1, multiple_of=pad_to_multiple_of)[0] for x in (groups, parts))
-    order = torch.arange(N)
-    allowed = (order[None, :] <= order[:, None]) & (group[:, None, :] == group[:, :, None]) & (group[:, None, :] >= 0) \
-        & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))
+    allowed = torch.eye(N, dtype=torch.bool)  # a query always sees itself (padding sees only itself)
+    for start, p, c, r in blocks:  # built block by block: the work grows with Σ block², not N²
+        block = torch.ones(p + c + r, p + c + r, dtype=torch.bool).tril()
+        block[p + c:, p:p + c] = False  # the rejected response does not see the chosen one
+        allowed[start:start + p + c + r, start:start + p + c + r] = block
     seq_ids, flat_rows, targets = zip(*flat) if flat else ((), (), ())
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "positions": pad_rows([positions], 0, multiple_of=pad_to_multiple_of)[0],
-            "layout_mask": (allowed | torch.eye(N, dtype=torch.bool))[:, None],  # a query always sees itself
-            "segments": torch.tensor(starts + [N], dtype=torch.long),
+            "layout_mask": allowed[None, None],
+            "segments": torch.tensor([start for start, *_ in blocks] + [N], dtype=torch.long),
             "gather_rows": torch.tensor(flat_rows, dtype=torch.long), "gather_targets": torch.tensor(targets, dtype=torch.long),
             "gather_sequence": torch.tensor(seq_ids, dtype=torch.long),
             "indices": torch.tensor([ex["index"] for ex in batch], dtype=torch.long)}
