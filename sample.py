@@ -59,6 +59,7 @@ from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hf_checkpoint import load_pretrained
 from dpo.interop.hub import resolve_model_dir
 from dpo.model import GPT
+from dpo.run_log import progress_bar
 
 SETTINGS = ("model", "temperature", "top_k", "top_p", "max_new_tokens", "seed")  # must match to resume
 DATASETS = ("imdb", "tldr", "hh", "quickstart")
@@ -268,7 +269,6 @@ def run_sampling(model: GPT, tokenizer, prompts: list[dict], out, *, n: int = 1,
     """Sample this rank's share of the rows into OUT.rank{rank}.part, skipping rows already done.
     Returns counts {"rows", "done_before", "sampled"}. The caller merges (see `merge`) after all ranks end.
     stop_after_batches: stop early (tests simulate an interrupted run with it)."""
-    from tqdm import tqdm
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out.with_name(f"{out.name}.rank{rank}.part")
@@ -278,8 +278,8 @@ def run_sampling(model: GPT, tokenizer, prompts: list[dict], out, *, n: int = 1,
     todo = [b for b in batches if any(key(i, s) not in done for i, s in b)]
     counts = {"rows": sum(len(b) for b in batches), "sampled": 0}
     counts["done_before"] = counts["rows"] - sum(len(b) for b in todo)
-    bar = tqdm(total=counts["rows"], initial=counts["done_before"], desc=f"sample[{rank}]", unit="sample",
-               dynamic_ncols=True, disable=not progress or rank != 0)
+    bar = progress_bar(counts["rows"], counts["done_before"], enabled=progress and rank == 0, desc=f"sample[{rank}]",
+                       unit="sample")
     with open(mine, "a", encoding="utf-8") as f:
         for b, batch in enumerate(todo):
             if stop_after_batches is not None and b >= stop_after_batches:

@@ -109,8 +109,9 @@ def throughput_metrics(policy, reference, last_batch: dict, n_micro_batches: int
     return out
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
-    """The training progress bar (rank 0; DPO_NO_PROGRESS=1 turns it off)."""
+def progress_bar(total: int, initial: int, enabled: bool, desc: str = "train", **kwargs):
+    """A tqdm progress bar on stderr (train.py's, PPO's, sample.py's): drawn only when `enabled` (the caller's
+    rank 0) and DPO_NO_PROGRESS is not 1. kwargs go to tqdm (e.g. unit)."""
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
-                disable=not enabled or os.environ.get("DPO_NO_PROGRESS") == "1")
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                disable=not enabled or os.environ.get("DPO_NO_PROGRESS") == "1", **kwargs)

@@ -197,6 +197,18 @@ def test_resuming_with_other_settings_is_an_error(tmp_path):
                             progress=False)
 
 
+def test_dpo_no_progress_turns_the_progress_bar_off(tmp_path, monkeypatch, capsys):
+    """DPO_NO_PROGRESS=1 hides sample.py's progress bar, as it hides train.py's; without it the bar is drawn."""
+    model, tok = tiny_model(), byte_tokenizer()
+    prompts = prompts_of(TEXTS[:2], tok)
+    monkeypatch.delenv("DPO_NO_PROGRESS", raising=False)
+    sample.run_sampling(model, tok, prompts, tmp_path / "bar.jsonl", settings=SETTINGS)
+    assert "sample[0]" in capsys.readouterr().err
+    monkeypatch.setenv("DPO_NO_PROGRESS", "1")
+    sample.run_sampling(model, tok, prompts, tmp_path / "quiet.jsonl", settings=SETTINGS)
+    assert capsys.readouterr().err == ""
+
+
 def test_load_prompts_jsonl(tmp_path):
     tok = byte_tokenizer()
     path = tmp_path / "p.jsonl"

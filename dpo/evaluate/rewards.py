@@ -8,6 +8,10 @@
                                                        found by NAME in config.id2label, never by position;
                                                        "hf:NAME@LABEL" picks another label
     load_scorer("quickstart")                         the built-in task's ground truth (dpo/quickstart.py)
+    load_scorer("vader")                              VADER's compound sentiment in [-1, 1] (Hutto & Gilbert
+                                                       2014): a lexicon with rules, trained on no labels of
+                                                       ours, the IMDB experiment's independent judge
+                                                       (pip install vaderSentiment)
     rouge_l(candidate, reference)                     ROUGE-L F1 for offline judging (rouge_l_scorer)
 
 What is scored: a classifier (ours or transformers') reads the text prompt + completion as one string (the
@@ -122,6 +126,19 @@ def hf_classifier_scorer(name_or_dir: str, *, label: str = "POSITIVE", device="c
     return score
 
 
+def vader_scorer():
+    """VADER's compound score of prompt + completion, in [-1, 1] (> 0: positive). vaderSentiment is imported
+    only here: it is not a dependency of this codebase (it is in requirements-dev.txt)."""
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        raise RewardError("vader: the independent sentiment judge needs the vaderSentiment package "
+                          "(pip install vaderSentiment, or pip install -r requirements-dev.txt)") from None
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda prompts, completions: torch.tensor(
+        [analyzer.polarity_scores(p + c)["compound"] for p, c in zip(prompts, completions)], dtype=torch.float32)
+
+
 def quickstart_scorer():
     from dpo import quickstart
     return lambda prompts, completions: torch.tensor([quickstart.reward(c) for c in completions], dtype=torch.float32)
@@ -178,7 +195,9 @@ SCORERS = {
     "hf": lambda arg, device="cpu", **kw: hf_classifier_scorer(arg.partition("@")[0], device=device,
                                                                label=arg.partition("@")[2] or "POSITIVE"),
     "quickstart": lambda arg, **kw: quickstart_scorer(),
+    "vader": lambda arg, **kw: vader_scorer(),
 }
+WITHOUT_ARGUMENT = ("quickstart", "vader")
 
 
 def check_device(device: str) -> torch.device:
@@ -200,8 +219,8 @@ def check_spec(spec: str, folders: bool = True) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     if kind not in SCORERS:
         raise RewardError(f"unknown reward {spec!r}; expected one of classifier:DIR, reward_model:DIR, "
-                          f"hf:NAME_OR_DIR[@LABEL], quickstart")
-    if kind != "quickstart" and not arg:
+                          f"hf:NAME_OR_DIR[@LABEL], quickstart, vader")
+    if kind not in WITHOUT_ARGUMENT and not arg:
         raise RewardError(f"reward {spec!r}: {kind} needs a path or name after the colon")
     if folders and kind in ("classifier", "reward_model") and not Path(arg).is_dir():
         raise RewardError(f"reward {spec!r}: {arg} is not a folder")
@@ -210,7 +229,7 @@ def check_spec(spec: str, folders: bool = True) -> tuple[str, str]:
 
 def load_scorer(spec: str, *, device="cpu", dtype=None):
     """A scorer from "kind:ARG" (see the module docstring): classifier:DIR, reward_model:DIR,
-    hf:NAME_OR_DIR[@LABEL], quickstart."""
+    hf:NAME_OR_DIR[@LABEL], quickstart, vader."""
     kind, arg = check_spec(spec)
     if kind in ("classifier", "reward_model"):
         return SCORERS[kind](arg, device=device, dtype=dtype)

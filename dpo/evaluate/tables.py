@@ -117,6 +117,31 @@ def mean_sem(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation: the Pearson correlation of the ranks (ties get their mean rank); None for
+    fewer than 2 points or a constant input."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out, i = [0.0] * len(values), 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in order[i:j + 1]:
+                out[k] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 2:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
     """95% Wilson score interval of a proportion successes / n (successes may count ties as halves)."""
     if n == 0:
@@ -291,7 +316,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reward", help="mean reward (and KL to a reference model) per samples file / group")
     r.add_argument("samples", nargs="+")
-    r.add_argument("--reward", required=True, help="classifier:DIR | reward_model:DIR | hf:NAME[@LABEL] | quickstart")
+    r.add_argument("--reward", required=True, help="classifier:DIR | reward_model:DIR | hf:NAME[@LABEL] | quickstart | vader")
     r.add_argument("--reference-model", default=None, help="π_ref checkpoint: adds KL(π_θ‖π_ref) columns")
     r.add_argument("--policy-model", default=None, help="π_θ checkpoint (default: each row's 'model')")
     r.add_argument("--batch-size", type=int, default=8)

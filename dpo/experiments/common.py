@@ -11,6 +11,8 @@ can run alone, a killed stage resumes, and a finished stage is skipped:
     sample files       JSON lines appended a batch at a time (append_jsonl); read back with
                        dpo.data.read_jsonl(resumable=True), which drops a line cut by a kill
     results            one row per (run, step) in results.jsonl, rewritten as results.csv for the notebooks
+    figure             the plot stage's notebook writes out_dir/figures/ (run_figure); only --publish copies
+                       it to the config's `figure` (e.g. the committed notebooks/figures/)
 Whole files are written atomically (dpo.files.atomic_write).
 """
 import argparse
@@ -217,9 +219,40 @@ def parse_stages(text: str, stages: tuple) -> list[str]:
     return chosen
 
 
-def execute_notebook(notebook: Path, env_vars: dict, results: Path) -> None:
-    """The plot stage: run a notebook headless (jupyter-execute) with env_vars set; it reads the results
-    file and writes the figure (and a CSV beside it)."""
+def execute_notebook(notebook: Path, env_vars: dict, results: Path, x, *, figure_var: str, publish: bool) -> None:
+    """The plot stage of experiment x: run a notebook headless with env_vars set and `figure_var` naming the
+    figure to write, run_figure(x) in the run's own folder; it reads the results file and writes the figure,
+    and the results CSV and a Markdown table beside it. The configured x.figure (often a committed file) is
+    written only with publish (the drivers' --publish): then those three files are copied there."""
+    figure = run_figure(x)
+    run_notebook(notebook, {**env_vars, figure_var: str(figure.resolve())}, results)
+    print(f"figure: {figure}", flush=True)
+    if publish:
+        publish_figure(figure, x.figure)
+
+
+def run_figure(x) -> Path:
+    """Where the plot stage of experiment x writes its figure: out_dir/figures/<file name of x.figure>."""
+    return Path(x.out_dir) / "figures" / Path(x.figure).name
+
+
+def figure_files(figure) -> list[Path]:
+    """A figure and the files the notebooks write beside it: the PNG, the results CSV, the Markdown table."""
+    figure = Path(figure)
+    return [figure, figure.with_suffix(".csv"), figure.with_suffix(".md")]
+
+
+def publish_figure(made: Path, figure) -> None:
+    """Copy the plot stage's files (figure_files of `made`) over those of `figure`, each atomically; all three
+    are read first, so a missing one leaves every target untouched."""
+    contents = [require(source, "plot").read_bytes() for source in figure_files(made)]
+    for target, content in zip(figure_files(figure), contents):
+        atomic_write(target, content)
+        print(f"published: {target}", flush=True)
+
+
+def run_notebook(notebook: Path, env_vars: dict, results: Path) -> None:
+    """Execute a notebook headless (jupyter-execute, from nbclient) with env_vars set, in its own folder."""
     beside = Path(sys.executable).with_name("jupyter-execute")  # the venv's, else one on PATH
     runner = str(beside) if beside.is_file() else shutil.which("jupyter-execute")
     if runner is None:
@@ -246,21 +279,29 @@ def run_actions(x, actions: dict, stages: list[str]) -> None:
 
 def driver_main(argv, *, module_doc: str, prog: str, cls, stages: tuple, run_stages, config_help: str,
                 runs_help: str) -> int:
-    """The command line every driver shares: --config, --stage, --runs and key=value overrides; a user
-    error (dpo.errors.entry_point) is one line on stderr and exit status 1, a bug keeps its traceback."""
+    """The command line every driver shares: --config, --stage, --runs, --publish (passed on to
+    run_stages(x, stages, runs, publish)) and key=value overrides; a user error (dpo.errors.entry_point) is
+    one line on stderr and exit status 1, a bug keeps its traceback."""
     parser = argparse.ArgumentParser(prog=prog, description=module_doc.split("\n\n")[0], epilog=module_doc.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--stage", default="all", help=f"all, or a comma-separated list of {', '.join(stages)}")
     parser.add_argument("--runs", default="", help=runs_help)
+    parser.add_argument("--publish", action="store_true",
+                        help="the plot stage also copies its figure (and the CSV and table beside it) from "
+                             "out_dir/figures/ to the config's `figure`, e.g. the committed notebooks/figures/")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
 
     @entry_point
     def main(argv) -> int:
         args = parser.parse_args(argv)
         chosen = parse_stages(args.stage, stages)
+        if args.publish and "plot" not in chosen:
+            raise ExperimentError("--publish copies the plot stage's figure; add plot to --stage")
         x = load_config(args.config, args.overrides, cls=cls)
         check_writable(x.out_dir, "out_dir", folder=True)
-        run_stages(x, chosen, [r for r in args.runs.split(",") if r] or None)
+        if args.publish:
+            check_writable(x.figure, "figure")
+        run_stages(x, chosen, [r for r in args.runs.split(",") if r] or None, args.publish)
         return 0
     return main(argv)

@@ -5,6 +5,7 @@
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage train,evaluate --runs dpo-beta0.1
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage train,evaluate --runs ppo_gt-kl_target6
     python -m dpo.experiments.imdb --config configs/imdb/mini.yaml out_dir=runs/imdb-mini-2 seed=1
+    python -m dpo.experiments.imdb --config configs/imdb/mini.yaml --stage plot --publish  # update notebooks/figures/
 
 Stages (each reads the files of the ones before it, resumes where it stopped, skips what is done):
 
@@ -24,16 +25,20 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                 interval. DPO, Unlikelihood, Preferred-FT train on the pairs; PPO (reward {reward_model}) and
                 PPO-GT (reward {reward}, the ground truth) sample from the pairs' prefixes, one run per target KL
     evaluate    for the SFT model and every saved checkpoint: one sample per test prefix (T = 1, no
-                top-k/p, max_new_tokens), mean reward and sequence-level KL(π_θ‖π_ref) to the SFT model
-                -> out_dir/results.jsonl (one row per run and step) and out_dir/results.csv
-    plot        jupyter-execute notebooks/imdb_frontier.ipynb on results.csv -> `figure` (PNG)
+                top-k/p, max_new_tokens), mean reward (and, with `judge`, an independent judge's mean score
+                of the same samples) and sequence-level KL(π_θ‖π_ref) to the SFT model -> out_dir/results.jsonl
+                (one row per run and step), out_dir/results.csv, and out_dir/results.md: the last checkpoints,
+                the rank correlation of reward and judge, paired differences against Preferred-FT at the
+                nearest KL, and samples
+    plot        jupyter-execute notebooks/imdb_frontier.ipynb on results.csv -> out_dir/figures/<file name of
+                `figure`> (PNG, and the results CSV and a Markdown table beside it); with --publish, those three
+                files are then copied to `figure` (a committed file: only --publish changes it)
 
 Frontier point = (mean KL, mean reward) of one checkpoint; the paper plots every 100 steps of every run.
 train.py and sample.py run as subprocesses, under `launcher` (e.g. "torchrun --nproc_per_node=8") when set;
 label and evaluate run in this process on `device`.
 """
 import json
-import os
 import re
 import shlex
 import shutil
@@ -62,7 +67,7 @@ SAMPLE_PY = REPO / "sample.py"
 NOTEBOOK = REPO / "notebooks" / "imdb_frontier.ipynb"
 STAGES = ("prepare", "sft", "classifier", "sample", "label", "reward_model", "train", "evaluate", "plot")
 RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward_mean", "reward_sem",
-                  "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
+                  "judge_mean", "judge_sem", "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
                   "mean_completion_tokens", "eos_fraction", "seconds", "checkpoint"]
 
 
@@ -83,6 +88,8 @@ class ImdbExperiment:
     classifier_config: str = "configs/imdb/classifier.yaml"
     classifier_overrides: list = field(default_factory=list)  # e.g. [model.name={out_dir}/sft/final]
     reward_batch_size: int = 64
+    judge: str = ""                     # an independent judge scored beside the reward (a dpo.evaluate.rewards
+                                        # spec, e.g. vader); "" = none
     train_prefixes: int = 25000         # train reviews whose prefixes are sampled (0 = all)
     pair_eval_prefixes: int = 500       # of those, held out: their pairs are train.py's evaluation set
     prefix_min_tokens: int = 2
@@ -100,7 +107,8 @@ class ImdbExperiment:
     eval_batch_size: int = 64
     evaluate_during_training: bool = False  # evaluate each run's checkpoints while it trains (then the next run)
     prune_checkpoints: bool = False     # delete a checkpoint once evaluated (never a run's latest: resume needs it)
-    figure: str = "notebooks/figures/imdb_frontier.png"
+    figure: str = "notebooks/figures/imdb_frontier.png"  # where --publish copies the plot stage's figure (and
+                                        # the .csv and .md beside it); the plot stage writes out_dir/figures/
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,7 +123,7 @@ def paths(x: ImdbExperiment) -> dict:
         "pairs_train": out / "pairs" / "train.jsonl", "pairs_eval": out / "pairs" / "eval.jsonl",
         "pairs_summary": out / "pairs" / "summary.json", "reward_model": out / "reward_model", "runs": out / "runs",
         "eval_samples": out / "eval_samples",
-        "results": out / "results.jsonl", "results_csv": out / "results.csv",
+        "results": out / "results.jsonl", "results_csv": out / "results.csv", "report": out / "results.md",
     }
 
 
@@ -259,9 +267,8 @@ def stage_sample(x: ImdbExperiment) -> None:
 def score_rows(rows: list[dict], scorer, done: set, out: Path, batch_size: int, chunk: int = 4096) -> None:
     """Append {"prompt_id", "sample_index", "reward"} for every row not in `done`, `chunk` rows per write."""
     todo = [r for r in rows if (r["prompt_id"], r["sample_index"]) not in done]
-    from tqdm import tqdm
-    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc="label", unit="sample",
-              disable=os.environ.get("DPO_NO_PROGRESS") == "1") as bar:
+    from dpo.run_log import progress_bar
+    with progress_bar(len(rows), len(rows) - len(todo), enabled=True, desc="label", unit="sample") as bar:
         for k in range(0, len(todo), chunk):
             part = todo[k:k + chunk]
             rewards = []
@@ -379,11 +386,13 @@ def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_n
 
 
 def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *, max_new_tokens: int,
-                    temperature: float, batch_size: int, seed: int, device, model_name: str = "") -> tuple[dict, list[dict]]:
-    """Sample one completion per prompt from `policy`, score it, and measure KL(policy ‖ reference).
+                    temperature: float, batch_size: int, seed: int, device, model_name: str = "",
+                    judge=None) -> tuple[dict, list[dict]]:
+    """Sample one completion per prompt from `policy`, score it (and with `judge`, a second scorer, judge it),
+    and measure KL(policy ‖ reference).
 
     Returns (metrics, sample rows). metrics use dpo.evaluate's reward-table names: n_samples, reward_mean,
-    reward_sem, kl_exact_mean, kl_exact_sem, kl_sampled_mean, kl_sampled_sem, mean_completion_tokens,
+    reward_sem, judge_mean, judge_sem (None without a judge), kl_exact_mean, kl_exact_sem, kl_sampled_mean, kl_sampled_sem, mean_completion_tokens,
     eos_fraction. Sample rows are in sample.py's format (plus reward and KLs), so `python -m dpo.evaluate
     reward FILE --reward ...` can score them again with another reward."""
     from dpo.evaluate.tables import mean_sem
@@ -394,12 +403,14 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     stop = stop_ids(policy, tokenizer)
     texts = [completion_text(tokenizer, c, stop) for c in completion_ids]
     reward = scorer(prompts, texts).float().tolist()
+    judged = judge(prompts, texts).float().tolist() if judge else [None] * len(prompts)
     kl = sequence_kl(policy, reference, prompt_ids, completion_ids, batch_size=batch_size, device=device,
                      pad_id=tokenizer.pad_id_or_eos())
     kl_exact, kl_sampled = kl["kl_exact"].tolist(), kl["kl_sampled"].tolist()
     ended = [bool(c) and c[-1] in stop for c in completion_ids]
     metrics = {"n_samples": len(prompts)}
     metrics["reward_mean"], metrics["reward_sem"] = mean_sem(reward)
+    metrics["judge_mean"], metrics["judge_sem"] = mean_sem(judged) if judge else (None, None)
     metrics["kl_exact_mean"], metrics["kl_exact_sem"] = mean_sem(kl_exact)
     metrics["kl_sampled_mean"], metrics["kl_sampled_sem"] = mean_sem(kl_sampled)
     metrics["mean_completion_tokens"] = sum(map(len, completion_ids)) / len(completion_ids)
@@ -407,7 +418,7 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     rows = [{"prompt_id": i, "sample_index": 0, "prompt": prompts[i], "completion": texts[i], "model": model_name,
              "temperature": temperature, "top_k": None, "top_p": None, "max_new_tokens": max_new_tokens,
              "seed": seed, "finish_reason": "eos" if ended[i] else "length", "prompt_token_ids": prompt_ids[i],
-             "completion_token_ids": completion_ids[i], "reward": reward[i], "kl_exact": kl_exact[i],
+             "completion_token_ids": completion_ids[i], "reward": reward[i], "judge": judged[i], "kl_exact": kl_exact[i],
              "kl_sampled": kl_sampled[i]} for i in range(len(prompts))]
     return metrics, rows
 
@@ -455,6 +466,7 @@ def make_evaluator(x: ImdbExperiment):
             state["tokenizer"] = Tokenizer.from_pretrained(sft)
             state["reference"] = load_pretrained(sft, device=device).eval()
             state["scorer"] = rewards.load_scorer(reward_spec(x), device=device)
+            state["judge"] = rewards.load_scorer(x.judge, device=device) if x.judge else None
         rows = []
         for item in todo:
             start = time.perf_counter()
@@ -463,13 +475,14 @@ def make_evaluator(x: ImdbExperiment):
             metrics, samples = evaluate_policy(
                 policy, state["reference"], state["tokenizer"], state["prompts"], state["scorer"],
                 max_new_tokens=x.max_new_tokens, temperature=x.temperature, batch_size=x.eval_batch_size,
-                seed=x.seed, device=state["device"], model_name=item["checkpoint"])
+                seed=x.seed, device=state["device"], model_name=item["checkpoint"], judge=state["judge"])
             row = {**item, **metrics, "seconds": round(time.perf_counter() - start, 2)}
             write_jsonl(p["eval_samples"] / item["run"] / f"step-{item['step']:06d}.jsonl", samples)
             append_jsonl(p["results"], [row])
             rows.append(row)
+            judged = f"  judge {row['judge_mean']:.3f} ± {row['judge_sem']:.3f}" if x.judge else ""
             print(f"evaluate {item['run']} step {item['step']}: reward {row['reward_mean']:.3f} ± "
-                  f"{row['reward_sem']:.3f}  KL {row['kl_exact_mean']:.2f} ± {row['kl_exact_sem']:.2f}  "
+                  f"{row['reward_sem']:.3f}{judged}  KL {row['kl_exact_mean']:.2f} ± {row['kl_exact_sem']:.2f}  "
                   f"({row['seconds']:.1f}s)", flush=True)
         if x.prune_checkpoints:
             for item in items:
@@ -479,6 +492,28 @@ def make_evaluator(x: ImdbExperiment):
     return evaluate
 
 
+def judge_earlier_rows(x: ImdbExperiment, results: list[dict]) -> list[dict]:
+    """Rows evaluated before `judge` was set get it now from their saved samples (nothing is sampled again):
+    each sample file gains a "judge" per row and results.jsonl is rewritten with judge_mean and judge_sem."""
+    from dpo.evaluate import rewards
+    from dpo.evaluate.tables import mean_sem
+    todo = [r for r in results if r.get("judge_mean") is None]
+    if not x.judge or not todo:
+        return results
+    judge = rewards.load_scorer(x.judge, device=pick_device(x.device))
+    for row in todo:
+        path = paths(x)["eval_samples"] / row["run"] / f"step-{row['step']:06d}.jsonl"
+        samples = [r for _, r in data.read_jsonl(require(path, "evaluate"))]
+        judged = judge([r["prompt"] for r in samples], [r["completion"] for r in samples]).tolist()
+        for sample, value in zip(samples, judged):
+            sample["judge"] = value
+        write_jsonl(path, samples)
+        row["judge_mean"], row["judge_sem"] = mean_sem(judged)
+    write_jsonl(paths(x)["results"], results)
+    print(f"judge {x.judge}: {len(todo)} checkpoints evaluated before it was set, judged from their samples")
+    return results
+
+
 def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
     p = paths(x)
     make_evaluator(x)(checkpoints_to_evaluate(x, only))
@@ -486,8 +521,10 @@ def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
                      key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
     if not results:
         raise ExperimentError(f"{p['results']}: nothing evaluated")
+    results = judge_earlier_rows(x, results)
     write_csv(p["results_csv"], results, RESULT_COLUMNS)
-    print(f"results: {p['results_csv']} ({len(results)} rows)\n" + format_table(final_rows(results)))
+    report = write_report(x, results)
+    print(f"results: {p['results_csv']} ({len(results)} rows), {p['report']}\n" + report.split("\n## Samples")[0])
     return results
 
 
@@ -503,38 +540,135 @@ def final_rows(results: list[dict]) -> list[dict]:
     return list(last.values())
 
 
+def pm(mean, sem, digits: int) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if sem is None else f" ± {sem:.{digits}f}")
+
+
+def hyperparameter(row: dict) -> str:
+    return f"{row['param'].rsplit('.', 1)[-1]} = {row['value']}" if row.get("param") else "—"
+
+
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table: method, hyperparameter, step, mean reward ± sem, mean KL ± sem."""
-    def pm(mean, sem, digits):
-        return f"{mean:.{digits}f}" + ("" if sem is None else f" ± {sem:.{digits}f}")
-    lines = ["| method | hyperparameter | step | reward | KL(π‖π_ref) |", "|---|---|---:|---:|---:|"]
+    """A Markdown table: method, hyperparameter, step, mean reward ± sem, the judge's mean ± sem (when the
+    rows have one), mean KL ± sem."""
+    judged = any(r.get("judge_mean") is not None for r in rows)
+    lines = ["| method | hyperparameter | step | reward |" + (" judge |" if judged else "") + " KL(π‖π_ref) |",
+             "|---|---|---:|---:|" + ("---:|" if judged else "") + "---:|"]
     for r in rows:
-        hp = f"{r['param'].rsplit('.', 1)[-1]} = {r['value']}" if r.get("param") else "—"
-        lines.append(f"| {r['method']} | {hp} | {r['step']} | {pm(r['reward_mean'], r['reward_sem'], 3)} "
-                     f"| {pm(r['kl_exact_mean'], r['kl_exact_sem'], 2)} |")
+        judge = f" {pm(r.get('judge_mean'), r.get('judge_sem'), 3)} |" if judged else ""
+        lines.append(f"| {r['method']} | {hyperparameter(r)} | {r['step']} | {pm(r['reward_mean'], r['reward_sem'], 3)} "
+                     f"|{judge} {pm(r['kl_exact_mean'], r['kl_exact_sem'], 2)} |")
     return "\n".join(lines)
+
+
+def read_eval_samples(x: ImdbExperiment, row: dict) -> dict[int, dict]:
+    """The evaluate stage's samples of one checkpoint, by test prompt id."""
+    path = paths(x)["eval_samples"] / row["run"] / f"step-{row['step']:06d}.jsonl"
+    return {r["prompt_id"]: r for _, r in data.read_jsonl(require(path, "evaluate"))}
+
+
+def paired_differences(x: ImdbExperiment, results: list[dict], baseline: str = "preferred_ft") -> list[dict]:
+    """Each run's last checkpoint against the `baseline` method's checkpoint nearest to it in KL: the mean
+    difference of reward (and judge) over the same test prefixes, ± its standard error. Both checkpoints
+    sampled each prefix with the same random numbers, so the paired difference is less noisy than the
+    difference of the two means."""
+    from dpo.evaluate.tables import mean_sem
+    candidates = [r for r in results if r["method"] == baseline]
+    out = []
+    for row in final_rows(results):
+        if row["method"] in ("sft", baseline) or not candidates:
+            continue
+        base = min(candidates, key=lambda r: abs(r["kl_exact_mean"] - row["kl_exact_mean"]))
+        mine, theirs = read_eval_samples(x, row), read_eval_samples(x, base)
+        shared = sorted(mine.keys() & theirs.keys())
+        diff = {"run": row["run"], "step": row["step"], "kl": row["kl_exact_mean"], "baseline_run": base["run"],
+                "baseline_step": base["step"], "baseline_kl": base["kl_exact_mean"], "n": len(shared)}
+        for key in ("reward", "judge"):
+            values = [mine[i].get(key) for i in shared], [theirs[i].get(key) for i in shared]
+            ok = shared and None not in values[0] and None not in values[1]
+            diff[key], diff[key + "_sem"] = mean_sem([a - b for a, b in zip(*values)]) if ok else (None, None)
+        out.append(diff)
+    return out
+
+
+def format_differences(diffs: list[dict], baseline: str = "preferred_ft") -> str:
+    lines = [f"| run (last step) | KL | {baseline} step nearest in KL | its KL | Δ reward | Δ judge | prefixes |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for d in diffs:
+        lines.append(f"| {d['run']} ({d['step']}) | {d['kl']:.2f} | {d['baseline_run']} ({d['baseline_step']}) "
+                     f"| {d['baseline_kl']:.2f} | {pm(d['reward'], d['reward_sem'], 3)} "
+                     f"| {pm(d['judge'], d['judge_sem'], 3)} | {d['n']} |")
+    return "\n".join(lines)
+
+
+def format_samples(x: ImdbExperiment, results: list[dict], n: int = 3) -> str:
+    """n seeded-random test prefixes, and what the SFT model and every run's last checkpoint wrote after them."""
+    rows = final_rows(results)
+    by_run = {r["run"]: read_eval_samples(x, r) for r in rows}
+    shared = sorted(set.intersection(*(set(s) for s in by_run.values())))
+    picked = [shared[i] for i in sorted(data.seeded_subset(len(shared), n, x.seed))]
+    lines = []
+    for pid in picked:
+        prompt = next(iter(by_run.values()))[pid]["prompt"]
+        lines += [f"**Prefix {pid}: \"{prompt}\"**", "", "| run (step) | reward | judge | completion |",
+                  "|---|---:|---:|---|"]
+        for r in rows:
+            sample = by_run[r["run"]][pid]
+            text = " ".join(sample["completion"].split()).replace("|", "\\|")
+            judge = "—" if sample.get("judge") is None else f"{sample['judge']:.2f}"
+            lines.append(f"| {r['run']} ({r['step']}) | {sample['reward']:.2f} | {judge} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(x: ImdbExperiment, results: list[dict]) -> str:
+    """out_dir/results.md: the last checkpoint of every run, the rank correlation of reward and judge over all
+    checkpoints, the paired differences against Preferred-FT at the nearest KL, and samples."""
+    from dpo.evaluate.tables import spearman
+    parts = [f"# IMDB results: {x.out_dir}", "", f"reward: {reward_spec(x)}; judge: {x.judge or 'none'}; "
+             f"{results[0]['n_samples']} test prefixes per checkpoint, T = {x.temperature}, "
+             f"{x.max_new_tokens} new tokens at most", "", "## Last checkpoint of every run", "",
+             format_table(final_rows(results)), ""]
+    judged = [r for r in results if r.get("judge_mean") is not None]
+    if x.judge and len(judged) >= 2:
+        rho = spearman([r["reward_mean"] for r in judged], [r["judge_mean"] for r in judged])
+        parts += [f"Rank correlation (Spearman) of mean reward and mean judge over the {len(judged)} evaluated "
+                  f"checkpoints: {'—' if rho is None else f'{rho:.2f}'}", ""]
+    diffs = paired_differences(x, results)
+    if diffs:
+        parts += ["## Against Preferred-FT at the nearest KL (paired over the same test prefixes, ± standard error)",
+                  "", format_differences(diffs), ""]
+    parts += ["## Samples (last checkpoints, the same test prefixes)", "", format_samples(x, results)]
+    report = "\n".join(parts)
+    atomic_write(paths(x)["report"], report)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------
 # plot
 
-def stage_plot(x: ImdbExperiment) -> None:
-    """Execute the notebook headless on results.csv; it writes `figure` and the CSV beside it."""
+def stage_plot(x: ImdbExperiment, publish: bool = False) -> None:
+    """Execute the notebook headless on results.csv; it writes the figure and the CSV and table beside it
+    under out_dir/figures/, and publish copies them to `figure` (common.execute_notebook)."""
     results = require(paths(x)["results_csv"], "evaluate")
-    execute_notebook(NOTEBOOK, {"IMDB_RESULTS": str(Path(results).resolve()),
-                                "IMDB_FIGURE": str(Path(x.figure).resolve())}, results)
-    print(f"figure: {x.figure}")
+    execute_notebook(NOTEBOOK, {"IMDB_RESULTS": str(results.resolve())}, results, x, figure_var="IMDB_FIGURE",
+                     publish=publish)
 
 
 # ---------------------------------------------------------------------------------------------------
 # CLI
 
-def run_stages(x: ImdbExperiment, stages: list[str], only=None) -> None:
-    sweep(x, only)  # a bad sweep or --runs fails now, not after hours of earlier stages
+def run_stages(x: ImdbExperiment, stages: list[str], only=None, publish: bool = False) -> None:
+    sweep(x, only)  # a bad sweep, --runs or judge fails now, not after hours of earlier stages
+    if x.judge:
+        from dpo.evaluate.rewards import check_spec
+        check_spec(x.judge, folders=False)
     save_config(x, Path(x.out_dir) / "experiment.yaml")
     actions = {"prepare": stage_prepare, "sft": stage_sft, "classifier": stage_classifier, "sample": stage_sample,
                "label": stage_label, "reward_model": stage_reward_model, "train": lambda x: stage_train(x, only),
-               "evaluate": lambda x: stage_evaluate(x, only), "plot": stage_plot}
+               "evaluate": lambda x: stage_evaluate(x, only), "plot": lambda x: stage_plot(x, publish)}
     run_actions(x, actions, stages)
 
 

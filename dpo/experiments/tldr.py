@@ -4,6 +4,7 @@ Figure 2, right) and Anthropic HH single-turn dialogue (Figure 3), one driver fo
     python -m dpo.experiments.tldr --config configs/tldr/mini.yaml data_path=PATH/tldr-mini  # all stages
     python -m dpo.experiments.tldr --config configs/tldr/pipeline.yaml --stage generate,judge,plot
     python -m dpo.experiments.tldr --config configs/hh/pipeline.yaml --stage judge
+    python -m dpo.experiments.tldr --config configs/tldr/mini.yaml --stage plot --publish  # update notebooks/figures/
 
 Stages (each reads the files of the ones before it, resumes where it stopped, skips what is done):
 
@@ -28,7 +29,9 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                    (sample.py): out_dir/generations/{run}/t{T}.jsonl
     judge          every entry of `judges` on every generations file: win rate against the human reference
                    (or another run's samples) with its 95% Wilson interval -> out_dir/results.{jsonl,csv}
-    plot           jupyter-execute notebooks/tldr_winrate.ipynb on results.csv -> `figure` (PNG)
+    plot           jupyter-execute notebooks/tldr_winrate.ipynb on results.csv -> out_dir/figures/<file name of
+                   `figure`> (PNG, and the results CSV and a Markdown table beside it); with --publish, those
+                   three files are then copied to `figure` (a committed file: only --publish changes it)
 
 The judges (`judges` entries {name, judge, against, task, url, model, workers}):
     judge: llm            an OpenAI-compatible chat-completions endpoint (dpo/evaluate/judge.py; the paper: GPT-4 with
@@ -110,7 +113,8 @@ class WinRateExperiment:
     temperatures: list = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     best_of: int = 0                    # N of the Best-of-N baseline (0 = none; needs reward_model_config)
     judges: list = field(default_factory=lambda: [{"name": "gpt4", "judge": "llm", "against": "reference"}])
-    figure: str = "notebooks/figures/tldr_winrate.png"
+    figure: str = "notebooks/figures/tldr_winrate.png"  # where --publish copies the plot stage's figure (and
+                                        # the .csv and .md beside it); the plot stage writes out_dir/figures/
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -616,25 +620,25 @@ def format_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # plot
 
-def stage_plot(x: WinRateExperiment) -> None:
-    """Execute the notebook headless on results.csv; it writes `figure` and the CSV and table beside it."""
+def stage_plot(x: WinRateExperiment, publish: bool = False) -> None:
+    """Execute the notebook headless on results.csv; it writes the figure and the CSV and table beside it
+    under out_dir/figures/, and publish copies them to `figure` (common.execute_notebook)."""
     results = require(paths(x)["results_csv"], "judge")
-    execute_notebook(NOTEBOOK, {"WINRATE_RESULTS": str(Path(results).resolve()),
-                                "WINRATE_FIGURE": str(Path(x.figure).resolve()), "WINRATE_TASK": x.task}, results)
-    print(f"figure: {x.figure}")
+    execute_notebook(NOTEBOOK, {"WINRATE_RESULTS": str(results.resolve()), "WINRATE_TASK": x.task}, results, x,
+                     figure_var="WINRATE_FIGURE", publish=publish)
 
 
 # ---------------------------------------------------------------------------------------------------
 # CLI
 
-def run_stages(x: WinRateExperiment, stages: list[str], only=None) -> None:
+def run_stages(x: WinRateExperiment, stages: list[str], only=None, publish: bool = False) -> None:
     check_experiment(x)
     sweep(x, only)  # a bad --runs fails now, not after hours of earlier stages
     save_config(x, Path(x.out_dir) / "experiment.yaml")
     actions = {"download": stage_download, "prepare": stage_prepare, "sft": stage_sft, "pairs": stage_pairs,
                "reward_models": stage_reward_models, "train": lambda x: stage_train(x, only),
                "generate": lambda x: stage_generate(x, only), "judge": lambda x: stage_judge(x, only),
-               "plot": stage_plot}
+               "plot": lambda x: stage_plot(x, publish)}
     run_actions(x, actions, stages)
 
 

@@ -28,6 +28,7 @@ import itertools
 import json
 import re
 import unicodedata
+import warnings
 from pathlib import Path
 
 from dpo.errors import UserError
@@ -426,6 +427,7 @@ class ByteLevelBPE:
         self.added_tokens = [dict(t) for t in added_tokens]
         self.ignore_merges = ignore_merges
         self.unk_token = unk_token
+        self.where, self.warned_dropped = where, False
         self.steps, byte_level = _parse_pre_tokenizer(pre_tokenizer, where)
         if not byte_level:
             raise UnsupportedTokenizer(f"{where}: not a byte-level BPE (no ByteLevel pre-tokenizer); a "
@@ -495,9 +497,12 @@ class ByteLevelBPE:
             i = vocab.get(sym)
             if i is None:
                 i = vocab.get(self.unk_token) if self.unk_token is not None else None
-                if i is None:
-                    raise TokenizerError(f"byte-level symbol {sym!r} of {piece!r} is not in the vocabulary "
-                                         f"and the tokenizer has no unk_token")
+            if i is None:  # as Hugging Face tokenizers does: dropped (e.g. SmolLM2 has no symbol for byte 0x16)
+                if not self.warned_dropped:
+                    self.warned_dropped = True
+                    warnings.warn(f"{self.where}: byte-level symbol {sym!r} of {piece!r} is not in the vocabulary and "
+                                  f"there is no unk_token: dropped, as Hugging Face tokenizers does (warned once)")
+                continue
             ids.append(i)
         return tuple(ids)
 

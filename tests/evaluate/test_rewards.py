@@ -108,6 +108,20 @@ def test_hf_adapter_without_transformers_is_a_clear_error(monkeypatch):
         rewards.load_scorer("hf:siebert/sentiment-roberta-large-english")
 
 
+def test_vader_judge_scores_prompt_and_completion_and_needs_its_package(monkeypatch):
+    pytest.importorskip("vaderSentiment")
+    judge = rewards.load_scorer("vader")
+    scores = judge(["the film was", "the film was", "the film was", "a"],
+                   [" a moving , wonderful masterpiece .", " dull , awful and a waste of time .",
+                    " released in 1998 and runs 104 minutes .", " great"])
+    assert scores.dtype == torch.float32 and scores.shape == (4,)
+    assert scores[0] > 0.5 and scores[1] < -0.5 and scores[2] == 0  # sentiment words move it; facts do not
+    assert judge([""], ["a great"])[0] == scores[3]  # the judge reads prompt + completion as one text
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    with pytest.raises(rewards.RewardError, match=r"needs the vaderSentiment package \(pip install vaderSentiment"):
+        rewards.load_scorer("vader")
+
+
 def test_our_classifier_also_picks_positive_by_name(tmp_path):
     """A classifier folder whose id2label puts POSITIVE first: rewards use that output, not index 1."""
     import json

@@ -54,6 +54,17 @@ def test_wilson_interval_known_values():
     assert E.mean_sem([1.0, 2.0, 3.0]) == pytest.approx((2.0, (1 / 3) ** 0.5))
 
 
+def test_spearman_known_values_ties_and_degenerate_inputs():
+    # ranks x = [1, 2.5, 2.5, 4, 5], y = [2, 1, 4, 3, 5]: Σdxdy = 6.5, Σdx² = 9.5, Σdy² = 10
+    assert E.spearman([1, 2, 2, 3, 5], [2, 1, 4, 3, 5]) == pytest.approx(6.5 / 95 ** 0.5)
+    xs = [0.3, -1.0, 2.0, 7.0, 0.1]
+    assert E.spearman(xs, [x ** 3 for x in xs]) == pytest.approx(1.0)  # ranks, not values
+    assert E.spearman(xs, [-x for x in xs]) == pytest.approx(-1.0)
+    assert E.spearman([1, 1, 1], [1, 2, 3]) is None and E.spearman([1], [2]) is None
+    with pytest.raises(ValueError, match="3 values against 2"):
+        E.spearman([1, 2, 3], [1, 2])
+
+
 def test_read_samples_drops_an_interrupted_line_and_names_bad_ones(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(row(0, "a")) + "\n" + '{"prompt_id": 1, "sampl')

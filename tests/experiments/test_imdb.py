@@ -1,7 +1,8 @@
 """The IMDB experiment's pieces: pair construction (4 samples -> 6 ordered pairs, ties dropped and counted),
-the sweep, resumable files, review windows, the notebook executed headless on a small results file, and a
-smoke run of the driver's stages on a toy aclImdb folder (tiny models, a random classifier as reward; PPO
-against a reward model trained on the pairs, PPO-GT against the classifier)."""
+the sweep, resumable files, review windows, the notebook executed headless on a small results file (alone,
+and by the driver's plot stage with judge scores), and a smoke run of the driver's stages on a toy aclImdb
+folder (tiny models, a random classifier as reward; PPO against a reward model trained on the pairs, PPO-GT
+against the classifier)."""
 import json
 import os
 import random
@@ -211,12 +212,44 @@ def test_notebook_executes_headless_and_writes_the_png(tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     assert figure.with_suffix(".csv").read_text() == results.read_text()
+    assert png_size(figure) == (900, 600)  # one panel: no judge scores
     table = figure.with_suffix(".md").read_text().splitlines()
-    assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | 0.00 ± 0.00 |"
-    assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
-    assert "| PPO | kl_target = 3 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
-    assert "| PPO-GT | kl_target = 3 | 20 | 0.700 ± 0.020 | 4.00 ± 0.10 |" in table
+    assert table[0] == "| method | hyperparameter | step | reward | judge | KL(π‖π_ref) |"
+    assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | — | 0.00 ± 0.00 |"
+    assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | — | 4.00 ± 0.10 |" in table
+    assert "| PPO | kl_target = 3 | 20 | 0.700 ± 0.020 | — | 4.00 ± 0.10 |" in table
+    assert "| PPO-GT | kl_target = 3 | 20 | 0.700 ± 0.020 | — | 4.00 ± 0.10 |" in table
     assert len(table) == 2 + 1 + 6
+
+
+def test_plot_stage_draws_the_judge_panel_in_out_dir_and_leaves_figure_alone(tmp_path):
+    """The driver's plot stage (jupyter-execute) on results with judge scores: a second panel (a figure twice
+    as wide) and the table's judge column, under out_dir/figures/; the config's `figure` keeps its bytes."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    rows = [dict(r, judge_mean=r["reward_mean"] - 0.25, judge_sem=0.05) for r in results_rows()]
+    common.write_csv(out / "results.csv", rows, imdb.RESULT_COLUMNS)
+    figure = tmp_path / "committed" / "frontier.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"the committed figure")
+    config = tmp_path / "experiment.yaml"
+    config.write_text(f"out_dir: {out}\nfigure: {figure}\nmethods: {{dpo: {{param: loss.beta, values: [0.1]}}}}\n")
+    assert imdb.main(["--config", str(config), "--stage", "plot"]) == 0
+    made = out / "figures" / "frontier.png"
+    assert png_size(made) == (1800, 600)
+    assert made.with_suffix(".csv").read_bytes() == (out / "results.csv").read_bytes()
+    table = made.with_suffix(".md").read_text().splitlines()
+    assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | 0.250 ± 0.050 | 0.00 ± 0.00 |"
+    assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 0.450 ± 0.050 | 4.00 ± 0.10 |" in table
+    assert figure.read_bytes() == b"the committed figure" and sorted(figure.parent.iterdir()) == [figure]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, from its header."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -287,6 +320,7 @@ window_words: 12
 window_reviews: 20
 sft_config: {tmp_path / 'sft.yaml'}
 reward: classifier:{toy_classifier(tmp_path, imdb)}
+judge: vader
 train_prefixes: 0
 pair_eval_prefixes: 4
 samples_per_prefix: 4
@@ -365,12 +399,34 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header == ",".join(imdb.RESULT_COLUMNS)
     eval_rows = rows_of(out / "eval_samples" / "dpo-beta0.1" / "step-000002.jsonl")
-    assert len(eval_rows) == 8 and {"prompt", "completion", "completion_token_ids", "reward", "kl_exact"} <= set(eval_rows[0])
+    assert len(eval_rows) == 8 and {"prompt", "completion", "completion_token_ids", "reward", "judge",
+                                    "kl_exact"} <= set(eval_rows[0])
+    # the independent judge: its mean over the same samples, the paired differences and samples in results.md
+    dpo_last = next(r for r in results if (r["run"], r["step"]) == ("dpo-beta0.1", 2))
+    assert dpo_last["judge_mean"] == pytest.approx(sum(r["judge"] for r in eval_rows) / 8, abs=1e-6)
+    assert all(-1 <= r["judge_mean"] <= 1 for r in results)
+    report = (out / "results.md").read_text()
+    assert "| method | hyperparameter | step | reward | judge | KL(π‖π_ref) |" in report
+    assert "Rank correlation (Spearman) of mean reward and mean judge over the 9 evaluated checkpoints" in report
+    pft = [r for r in results if r["method"] == "preferred_ft"]
+    nearest = min(pft, key=lambda r: abs(r["kl_exact_mean"] - dpo_last["kl_exact_mean"]))
+    theirs = {r["prompt_id"]: r for r in rows_of(out / "eval_samples" / "preferred_ft" / f"step-{nearest['step']:06d}.jsonl")}
+    delta = sum(r["reward"] - theirs[r["prompt_id"]]["reward"] for r in eval_rows) / 8
+    row = next(line for line in report.splitlines() if line.startswith("| dpo-beta0.1 (2) |"))
+    assert f"| preferred_ft ({nearest['step']}) |" in row and row.split(" | ")[4].startswith(f"{delta:.3f} ± ")
+    assert report.count("**Prefix ") == 3 and report.count("| sft (0) |") == 3  # 3 samples, the SFT model first
     # everything is done: a rerun skips every stage and changes nothing
     before = (out / "results.csv").read_text()
     proc = driver(config, "sft,sample,label,reward_model,train,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("skip:") >= 8 and (out / "results.csv").read_text() == before
+    # a judge set after the evaluation: it scores the saved samples, nothing is sampled again
+    unjudged = [{k: v for k, v in r.items() if not k.startswith("judge")} for r in results]
+    common.write_jsonl(out / "results.jsonl", unjudged)
+    proc = driver(config, "evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "judge vader: 9 checkpoints evaluated before it was set, judged from their samples" in proc.stdout
+    assert (out / "results.csv").read_text() == before
 
 
 def test_driver_errors_are_one_line(tmp_path):

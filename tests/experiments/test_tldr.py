@@ -1,6 +1,7 @@
 """The TL;DR / HH win-rate driver: preference pairs ordered by ROUGE-L, the shipped configs, the judge stage
 end to end against a stub OpenAI-compatible server on 127.0.0.1, the notebook executed headless on a small
-results file, and a smoke run of every stage on a toy TL;DR folder (tiny models)."""
+results file, a smoke run of every stage on a toy TL;DR folder (tiny models), and both drivers' command line
+(common.driver_main: bad input, the plot stage's out_dir/figures/ and --publish)."""
 import gzip
 import http.server
 import json
@@ -15,7 +16,7 @@ import pytest
 from dpo import data
 from dpo.config import load_config
 from dpo.evaluate import judge as J
-from dpo.experiments import common, pairs, tldr
+from dpo.experiments import common, imdb, pairs, tldr
 from helpers import OUTPUT_CASES, bad_output_path, refused, write_toy_reward_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -487,7 +488,7 @@ def test_driver_runs_every_stage_on_a_toy_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "missing config", "malformed config",
-                                  "bad --stage", "bad override"])
+                                  "bad --stage", "bad override", "--publish without plot"])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
     """The drivers' command line (common.driver_main): out_dir is checked before any stage runs; a bad
     config, stage or override is one line naming it."""
@@ -505,7 +506,40 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, cap
         named = [f"{config}: invalid YAML"]
     elif case == "bad --stage":
         argv[3], named = "prepare,sample", ["--stage: unknown stage(s) sample"]
+    elif case == "--publish without plot":
+        argv.append("--publish")
+        named = ["--publish copies the plot stage's figure; add plot to --stage"]
     else:
         argv.append("judgez=1")
         named = ["unknown key 'judgez'"]
     refused(tldr.main, argv, capsys, tmp_path, *named)
+
+
+@pytest.mark.parametrize("driver", [imdb, tldr], ids=["imdb", "tldr"])
+def test_plot_stage_writes_out_dir_and_only_publish_replaces_figure(tmp_path, monkeypatch, driver):
+    """Both drivers' plot stage (common.execute_notebook) writes the figure, CSV and table under
+    out_dir/figures/ and leaves the config's `figure` (a committed file) and the two beside it byte for byte
+    as they were; with --publish it copies the run's three files over them. The notebook is a stand-in."""
+    def run_notebook(notebook, env_vars, results):
+        figure = next(v for k, v in env_vars.items() if k.endswith("_FIGURE"))
+        for path in common.figure_files(figure):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{path.suffix} of the run, from {results.read_text()}")
+    monkeypatch.setattr(common, "run_notebook", run_notebook)
+    out = tmp_path / "out"
+    common.write_csv(out / "results.csv", [{"run": "sft"}], ["run"])
+    published = common.figure_files(tmp_path / "figures" / "plot.png")
+    published[0].parent.mkdir()
+    for path in published:
+        path.write_text(f"committed {path.suffix}")
+    config = tmp_path / "experiment.yaml"
+    config.write_text(f"out_dir: {out}\nfigure: {published[0]}\n"
+                      f"methods: {{dpo: {{param: loss.beta, values: [0.1]}}}}\n")
+    argv = ["--config", str(config), "--stage", "plot"]
+    assert driver.main(argv) == 0
+    made = common.figure_files(out / "figures" / "plot.png")
+    assert [p.read_text() for p in made] == [f"{s} of the run, from run\nsft\n" for s in (".png", ".csv", ".md")]
+    assert [p.read_text() for p in published] == ["committed .png", "committed .csv", "committed .md"]
+    assert driver.main(argv + ["--publish"]) == 0
+    assert [p.read_bytes() for p in published] == [p.read_bytes() for p in made]
+    assert sorted(published[0].parent.iterdir()) == sorted(published)  # no temporary file left

@@ -90,6 +90,23 @@ def test_byte_level_bpe_round_trips_and_writes_a_tokenizer_json_that_tokenizers_
     assert again.token_to_id("<|endoftext|>") == 260
 
 
+def test_a_byte_missing_from_the_vocabulary_is_dropped_as_tokenizers_does(tmp_path):
+    """SmolLM2's vocabulary has no symbol for some control bytes (0x16 in a real review): tokenizers drops
+    such a symbol when there is no unk_token; so do we, with one warning instead of nothing."""
+    bpe = _tiny_bpe()
+    missing = bytes_to_unicode()[0x16]
+    spec = bpe.to_tokenizer_json()
+    del spec["model"]["vocab"][missing]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    ours = ByteLevelBPE.from_tokenizer_json(path)
+    text = "the \x16 hat\x16\x16 the"
+    with pytest.warns(UserWarning, match=r"tokenizer.json: byte-level symbol 'Ė' .* dropped"):
+        ids = ours.encode_ordinary(text)
+    assert ids == HFTokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
+    assert ours.decode_bytes(ids).decode("utf-8") == text.replace("\x16", "")
+
+
 def test_from_tokenizer_json_refuses_what_it_does_not_implement(tmp_path):
     path = tmp_path / "tokenizer.json"
     spec = _tiny_bpe().to_tokenizer_json()
