@@ -126,6 +126,19 @@ def test_the_paper_sweep_in_the_shipped_configs():
         load_config(ROOT / "configs" / "imdb" / "mini.yaml", ["sample_size=3"], cls=imdb.ImdbExperiment)
 
 
+def test_the_real_language_model_config():
+    """configs/imdb/smollm2.yaml: SmolLM2 for policy and classifier, the judge, a sweep that fits 2 CPU cores."""
+    x = load_config(ROOT / "configs" / "imdb" / "smollm2.yaml", cls=imdb.ImdbExperiment)
+    runs = imdb.sweep(x)
+    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft"} and len(runs) == 5
+    assert x.judge == "vader" and x.reward == "classifier" and x.classifier_overrides == []
+    sft, classifier, dpo = (load_config(path) for path in (x.sft_config, x.classifier_config, x.train_config))
+    assert sft.model.name == classifier.model.name == "checkpoints/smollm2-135m-instruct"  # the judge owes the policy nothing
+    assert dpo.lora.rank > 0 and dpo.reference == "" and dpo.model.name == f"{x.out_dir}/sft/final"
+    assert dpo.data.max_length >= x.prefix_max_tokens + x.max_new_tokens + 1  # prefix + sample + EOS fit
+    assert dpo.data.max_prompt_length >= x.prefix_max_tokens
+
+
 def test_appended_jsonl_resumes_after_a_cut_last_line(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     common.append_jsonl(path, [{"a": 1}, {"a": 2}])
