@@ -7,7 +7,7 @@ Every reader returns plain dicts (one per example) and never touches a tokenizer
     preference       {"prompt", "chosen", "rejected", "source"}
     sft              {"prompt", "completion", "source"}     plain-text LM data: prompt "" and completion = text
                      or {"messages", "source"}              a conversation: the loss covers its assistant turns
-    classification   {"text", "label", "source"}            IMDB sentiment: label 1 = positive, 0 = negative
+    classification   {"text", "label", "source"}            sentiment: label 1 = positive, 0 = negative
 
 Values are strings, or, in conversational data (TRL's format), lists of {"role", "content"} messages that
 batching renders with the model's chat template (dpo/chat_template.py).
@@ -199,6 +199,24 @@ def read_sft_jsonl(path, counts: Counter | None = None) -> list[dict]:
             continue
         examples.append({"prompt": get_field(obj, "prompt", where),
                          "completion": get_field(obj, "completion", where, nonempty=True), "source": where})
+    return examples
+
+
+def read_classification_jsonl(path, split: str = "train", counts: Counter | None = None) -> list[dict]:
+    """Labelled text, one object per line: {"text": str, "label": 0 | 1} (1 = positive). `path` is a file, or
+    a folder holding {split}.jsonl (e.g. Pang & Lee's sentence polarity as train.jsonl / test.jsonl)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a JSON-lines file, or a folder with {split}.jsonl)")
+    examples, counts = [], Counter() if counts is None else counts
+    for lineno, obj in read_records(path, counts):
+        where = f"{path}:{lineno}"
+        label = get_field(obj, "label", where, kind=int)
+        if label not in (0, 1):
+            raise DataError(f"{where}: key 'label' must be 0 or 1, got {label}")
+        examples.append({"text": get_field(obj, "text", where, nonempty=True), "label": label, "source": where})
     return examples
 
 

@@ -284,6 +284,7 @@ FORMATS = {  # name -> (kind, reader(path, split, counts))
     "imdb": ("sft", lambda path, split, counts: imdb_sft_examples(read_imdb(path, split))),
     "imdb_sentiment": ("classification",
                        lambda path, split, counts: imdb_classification_examples(read_imdb(path, split))),
+    "classification_jsonl": ("classification", data.read_classification_jsonl),
     "tldr": ("sft", read_tldr_sft),
     "tldr_comparisons": ("preference", read_tldr_comparisons),
     "tldr_comparisons_sft": ("sft", lambda *args: data.preference_to_sft(read_tldr_comparisons(*args))),

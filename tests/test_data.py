@@ -35,6 +35,25 @@ def test_preference_jsonl_fields_counts_and_sources(tmp_path):
     assert kind == "preference" and same == examples and read_counts["read"] == 2
 
 
+def test_classification_jsonl_file_or_folder_and_bad_rows(tmp_path):
+    folder = tmp_path / "polarity"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"text": "a gem .", "label": 1}\n\n{"text": "a mess .", "label": 0}\n')
+    kind, rows, counts = formats.load_examples("classification_jsonl", folder, "test")
+    assert kind == "classification" and [(r["text"], r["label"]) for r in rows] == [("a gem .", 1), ("a mess .", 0)]
+    assert rows[1]["source"] == f"{folder / 'test.jsonl'}:3" and counts["read"] == 2
+    assert formats.load_examples("classification_jsonl", folder / "test.jsonl", "train")[1] == rows  # a file: as is
+    with pytest.raises(DataError, match=r"polarity/train.jsonl: no such file \(expected a JSON-lines file, or a folder with train.jsonl\)"):
+        formats.load_examples("classification_jsonl", folder, "train")
+    for line, error in (('{"text": "x", "label": 2}', r"bad.jsonl:1: key 'label' must be 0 or 1, got 2"),
+                        ('{"text": "x", "label": true}', r"bad.jsonl:1: key 'label' must be int, got bool"),
+                        ('{"text": " ", "label": 1}', r"bad.jsonl:1: key 'text' is empty"),
+                        ('{"label": 1}', r"bad.jsonl:1: missing key 'text'")):
+        (tmp_path / "bad.jsonl").write_text(line + "\n")
+        with pytest.raises(DataError, match=error):
+            formats.load_examples("classification_jsonl", tmp_path / "bad.jsonl")
+
+
 def test_sft_jsonl_and_plain_text(tmp_path):
     sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": " b"}] * 3)
     assert [e["completion"] for e in data.read_sft_jsonl(sft)] == [" b"] * 3

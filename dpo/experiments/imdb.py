@@ -13,7 +13,9 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                 out_dir/data/aclImdb-windows: more, shorter SFT texts and classifier examples from few reviews
     sft         train.py --config sft_config: the SFT policy (paper: gpt2-large, 1 epoch of IMDB reviews)
     classifier  (only when reward = "classifier") train.py --config classifier_config: our sentiment
-                classifier on the IMDB labels, whose p(positive) is then the ground-truth reward
+                classifier on the IMDB labels (or other labelled text, classifier_overrides), whose
+                p(positive) is then the ground-truth reward; then its accuracy on held-out whole reviews and
+                windows, and what it says of windows without sentiment -> out_dir/classifier/check.json
     sample      prefixes of 2-8 tokens (SFT tokenizer) of train_prefixes train reviews, then
                 samples_per_prefix completions of each from the SFT model (sample.py, T = 1, no top-k/p)
     label       score every completion with the reward; all k(k−1)/2 pairs per prefix ordered by it
@@ -207,6 +209,47 @@ def stage_classifier(x: ImdbExperiment) -> None:
     run_train(x.classifier_config, [f"data.path={data_path}", f"train.out_dir={paths(x)['classifier']}",
                                     *expand(x, x.classifier_overrides)],
               run_dir=paths(x)["classifier"], launcher=x.launcher)
+    check_classifier(x)
+
+
+def check_classifier(x: ImdbExperiment, reviews: int = 60, windows: int = 500) -> dict:
+    """How well the ground truth tells sentiment, on held-out text: its accuracy on `reviews` seeded-random
+    whole test reviews and on `windows` windows of them of window_words words (a sample's length; 32 when
+    window_words = 0), and, with a judge, its p(positive) on the windows in which the judge finds no sentiment
+    at all (score 0): a reward that measures sentiment stays near its average there, one that learned a topic
+    cue does not. -> out_dir/classifier/check.json"""
+    from dpo.evaluate import rewards
+    from dpo.evaluate.tables import mean_sem
+    out = paths(x)["classifier"] / "check.json"
+    if out.is_file():
+        print(f"skip: {out} exists")
+        return json.loads(out.read_text())
+    test = formats.read_imdb(x.imdb_path, "test")
+    chosen = [test[i] for i in data.seeded_subset(len(test), reviews, x.seed)]
+    cut = [(w, r["label"]) for r in chosen for w in review_windows(r["text"], x.window_words or 32)]
+    cut = [cut[i] for i in sorted(data.seeded_subset(len(cut), windows, x.seed))]
+    scorer = rewards.load_scorer(reward_spec(x), device=pick_device(x.device))
+
+    def accuracy(texts, labels):
+        p = scorer([""] * len(texts), texts).tolist()
+        return sum((pi > 0.5) == bool(label) for pi, label in zip(p, labels)) / len(p), p
+    check = {"reward": reward_spec(x), "reviews": len(chosen), "windows": len(cut)}
+    check["accuracy_reviews"], _ = accuracy([r["text"] for r in chosen], [r["label"] for r in chosen])
+    check["accuracy_windows"], p_windows = accuracy([w for w, _ in cut], [label for _, label in cut])
+    check["mean_p_windows"] = mean_sem(p_windows)[0]
+    line = (f"classifier check: accuracy {check['accuracy_reviews']:.3f} on {len(chosen)} whole test reviews, "
+            f"{check['accuracy_windows']:.3f} on {len(cut)} windows of them; mean p(positive) {check['mean_p_windows']:.3f}")
+    if x.judge:
+        judged = rewards.load_scorer(x.judge)([""] * len(cut), [w for w, _ in cut]).tolist()
+        neutral = [p for p, j in zip(p_windows, judged) if j == 0]
+        check |= {"judge": x.judge, "neutral_windows": len(neutral), "mean_p_neutral": mean_sem(neutral)[0],
+                  "above_0.9_neutral": sum(p > 0.9 for p in neutral) / len(neutral) if neutral else None}
+        if neutral:
+            line += (f"; on the {len(neutral)} windows without sentiment for {x.judge}: mean {check['mean_p_neutral']:.3f}, "
+                     f"{check['above_0.9_neutral']:.1%} above 0.9")
+    atomic_write(out, json.dumps(check, indent=1) + "\n")
+    print(line, flush=True)
+    return check
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ against the classifier)."""
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -352,6 +353,28 @@ eval_batch_size: 8
 figure: {tmp_path / 'figure.png'}
 """)
     return tmp_path / "experiment.yaml"
+
+
+def test_check_classifier_scores_held_out_reviews_windows_and_windows_without_sentiment(tmp_path):
+    from dpo.evaluate import rewards
+    reviews = toy_imdb(tmp_path / "aclImdb")
+    clf = toy_classifier(tmp_path, reviews)
+    x = imdb.ImdbExperiment(out_dir=str(tmp_path / "out"), imdb_path=str(reviews), reward="classifier",
+                            judge="vader", window_words=12, device="cpu")
+    shutil.copytree(clf, tmp_path / "out" / "classifier" / "final")
+    check = imdb.check_classifier(x, reviews=6, windows=10)
+    assert (check["reviews"], check["windows"]) == (6, 10)
+    test = formats.read_imdb(reviews, "test")
+    chosen = [test[i] for i in data.seeded_subset(len(test), 6, 0)]
+    scorer = rewards.load_scorer(imdb.reward_spec(x))
+    p = scorer([""] * 6, [r["text"] for r in chosen]).tolist()
+    assert check["accuracy_reviews"] == sum((pi > 0.5) == bool(r["label"]) for pi, r in zip(p, chosen)) / 6
+    windows = [w for r in chosen for w in imdb.review_windows(r["text"], 12)]
+    windows = [windows[i] for i in sorted(data.seeded_subset(len(windows), 10, 0))]
+    neutral = [w for w in windows if rewards.load_scorer("vader")([""], [w])[0] == 0]
+    assert check["neutral_windows"] == len(neutral)
+    assert json.loads((tmp_path / "out" / "classifier" / "check.json").read_text()) == check
+    assert imdb.check_classifier(x, reviews=6, windows=10) == check  # done: read back, not redone
 
 
 def driver(config: Path, stages: str, *extra) -> subprocess.CompletedProcess:
