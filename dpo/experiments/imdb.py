@@ -68,8 +68,8 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PY = REPO / "sample.py"
 NOTEBOOK = REPO / "notebooks" / "imdb_frontier.ipynb"
 STAGES = ("prepare", "sft", "classifier", "sample", "label", "reward_model", "train", "evaluate", "plot")
-RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward_mean", "reward_sem",
-                  "judge_mean", "judge_sem", "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
+RESULT_COLUMNS = ["run", "method", "param", "value", "step", "examples", "reward_mean", "reward_sem", "judge_mean",
+                  "judge_sem", "kl_exact_mean", "kl_exact_sem", "kl_sampled_mean", "kl_sampled_sem", "n_samples",
                   "mean_completion_tokens", "eos_fraction", "seconds", "checkpoint"]
 
 
@@ -560,8 +560,9 @@ def judge_earlier_rows(x: ImdbExperiment, results: list[dict]) -> list[dict]:
 def stage_evaluate(x: ImdbExperiment, only=None) -> list[dict]:
     p = paths(x)
     make_evaluator(x)(checkpoints_to_evaluate(x, only))
+    order = {"sft": -1} | {run["name"]: i for i, run in enumerate(sweep(x))}  # the sweep's order, then the rest
     results = sorted((r for _, r in data.read_jsonl(p["results"], resumable=True)),
-                     key=lambda r: (r["run"] != "sft", r["run"], r["step"]))
+                     key=lambda r: (order.get(r["run"], len(order)), r["run"], r["step"]))
     if not results:
         raise ExperimentError(f"{p['results']}: nothing evaluated")
     results = judge_earlier_rows(x, results)
