@@ -131,7 +131,7 @@ def test_the_real_language_model_config():
     """configs/imdb/smollm2.yaml: SmolLM2 for policy and classifier, the judge, a sweep that fits 2 CPU cores."""
     x = load_config(ROOT / "configs" / "imdb" / "smollm2.yaml", cls=imdb.ImdbExperiment)
     runs = imdb.sweep(x)
-    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft"} and len(runs) == 5
+    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft"} and len(runs) == 6
     assert x.judge == "vader" and x.reward == "classifier" and x.classifier_overrides == []
     sft, classifier, dpo = (load_config(path) for path in (x.sft_config, x.classifier_config, x.train_config))
     assert sft.model.name == classifier.model.name == "checkpoints/smollm2-135m-instruct"  # the judge owes the policy nothing
