@@ -219,16 +219,21 @@ def parse_stages(text: str, stages: tuple) -> list[str]:
     return chosen
 
 
-def execute_notebook(notebook: Path, env_vars: dict, results: Path, x, *, figure_var: str, publish: bool) -> None:
+def execute_notebook(notebook: Path, env_vars: dict, results: Path, x, *, figure_var: str, publish: bool,
+                     report: Path | None = None) -> None:
     """The plot stage of experiment x: run a notebook headless with env_vars set and `figure_var` naming the
     figure to write, run_figure(x) in the run's own folder; it reads the results file and writes the figure,
-    and the results CSV and a Markdown table beside it. The configured x.figure (often a committed file) is
-    written only with publish (the drivers' --publish): then those three files are copied there."""
+    and the results CSV and a Markdown table beside it. A driver's `report` (IMDB's results.md: tables,
+    paired differences, samples) is copied beside them as <figure name>_results.md. The configured x.figure
+    (often a committed file) is written only with publish (the drivers' --publish): then those files are
+    copied there."""
     figure = run_figure(x)
     run_notebook(notebook, {**env_vars, figure_var: str(figure.resolve())}, results)
+    if report is not None:
+        atomic_write(figure_files(figure, report=True)[-1], report.read_bytes())
     print(f"figure: {figure}", flush=True)
     if publish:
-        publish_figure(figure, x.figure)
+        publish_figure(figure, x.figure, report=report is not None)
 
 
 def run_figure(x) -> Path:
@@ -236,17 +241,19 @@ def run_figure(x) -> Path:
     return Path(x.out_dir) / "figures" / Path(x.figure).name
 
 
-def figure_files(figure) -> list[Path]:
-    """A figure and the files the notebooks write beside it: the PNG, the results CSV, the Markdown table."""
+def figure_files(figure, report: bool = False) -> list[Path]:
+    """A figure and the files written beside it: the PNG, the results CSV, the Markdown table, and with
+    `report` the driver's report (<figure name>_results.md)."""
     figure = Path(figure)
-    return [figure, figure.with_suffix(".csv"), figure.with_suffix(".md")]
+    return [figure, figure.with_suffix(".csv"), figure.with_suffix(".md")] + \
+        [figure.with_name(figure.stem + "_results.md")] * report
 
 
-def publish_figure(made: Path, figure) -> None:
-    """Copy the plot stage's files (figure_files of `made`) over those of `figure`, each atomically; all three
-    are read first, so a missing one leaves every target untouched."""
-    contents = [require(source, "plot").read_bytes() for source in figure_files(made)]
-    for target, content in zip(figure_files(figure), contents):
+def publish_figure(made: Path, figure, report: bool = False) -> None:
+    """Copy the plot stage's files (figure_files of `made`) over those of `figure`, each atomically; all are
+    read first, so a missing one leaves every target untouched."""
+    contents = [require(source, "plot").read_bytes() for source in figure_files(made, report)]
+    for target, content in zip(figure_files(figure, report), contents):
         atomic_write(target, content)
         print(f"published: {target}", flush=True)
 

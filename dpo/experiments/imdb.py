@@ -33,8 +33,9 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                 the rank correlation of reward and judge, paired differences against Preferred-FT at the
                 nearest KL, and samples
     plot        jupyter-execute notebooks/imdb_frontier.ipynb on results.csv -> out_dir/figures/<file name of
-                `figure`> (PNG, and the results CSV and a Markdown table beside it); with --publish, those three
-                files are then copied to `figure` (a committed file: only --publish changes it)
+                `figure`> (PNG, and the results CSV, a Markdown table and results.md as <name>_results.md beside
+                it); with --publish, those four files are then copied to `figure`'s folder (committed files:
+                only --publish changes them)
 
 Frontier point = (mean KL, mean reward) of one checkpoint; the paper plots every 100 steps of every run.
 train.py and sample.py run as subprocesses, under `launcher` (e.g. "torchrun --nproc_per_node=8") when set;
@@ -695,10 +696,11 @@ def write_report(x: ImdbExperiment, results: list[dict]) -> str:
 
 def stage_plot(x: ImdbExperiment, publish: bool = False) -> None:
     """Execute the notebook headless on results.csv; it writes the figure and the CSV and table beside it
-    under out_dir/figures/, and publish copies them to `figure` (common.execute_notebook)."""
+    under out_dir/figures/, with the evaluate stage's results.md as <figure name>_results.md, and publish
+    copies the four to `figure`'s folder (common.execute_notebook)."""
     results = require(paths(x)["results_csv"], "evaluate")
     execute_notebook(NOTEBOOK, {"IMDB_RESULTS": str(results.resolve())}, results, x, figure_var="IMDB_FIGURE",
-                     publish=publish)
+                     publish=publish, report=require(paths(x)["report"], "evaluate"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ def test_plot_stage_draws_the_judge_panel_in_out_dir_and_leaves_figure_alone(tmp
     out = tmp_path / "out"
     rows = [dict(r, judge_mean=r["reward_mean"] - 0.25, judge_sem=0.05) for r in results_rows()]
     common.write_csv(out / "results.csv", rows, imdb.RESULT_COLUMNS)
+    (out / "results.md").write_text("# IMDB results")  # the evaluate stage's report, copied beside the figure
     figure = tmp_path / "committed" / "frontier.png"
     figure.parent.mkdir()
     figure.write_bytes(b"the committed figure")
@@ -256,6 +257,7 @@ def test_plot_stage_draws_the_judge_panel_in_out_dir_and_leaves_figure_alone(tmp
     table = made.with_suffix(".md").read_text().splitlines()
     assert table[2] == "| SFT | — | 0 | 0.500 ± 0.020 | 0.250 ± 0.050 | 0.00 ± 0.00 |"
     assert "| DPO | beta = 0.1 | 20 | 0.700 ± 0.020 | 0.450 ± 0.050 | 4.00 ± 0.10 |" in table
+    assert (out / "figures" / "frontier_results.md").read_text() == "# IMDB results"
     assert figure.read_bytes() == b"the committed figure" and sorted(figure.parent.iterdir()) == [figure]
 
 

@@ -518,28 +518,31 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("driver", [imdb, tldr], ids=["imdb", "tldr"])
 def test_plot_stage_writes_out_dir_and_only_publish_replaces_figure(tmp_path, monkeypatch, driver):
     """Both drivers' plot stage (common.execute_notebook) writes the figure, CSV and table under
-    out_dir/figures/ and leaves the config's `figure` (a committed file) and the two beside it byte for byte
-    as they were; with --publish it copies the run's three files over them. The notebook is a stand-in."""
+    out_dir/figures/ (IMDB: and its results.md as <figure name>_results.md) and leaves the config's `figure`
+    (a committed file) and those beside it byte for byte as they were; with --publish it copies the run's
+    files over them. The notebook is a stand-in."""
     def run_notebook(notebook, env_vars, results):
         figure = next(v for k, v in env_vars.items() if k.endswith("_FIGURE"))
         for path in common.figure_files(figure):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{path.suffix} of the run, from {results.read_text()}")
     monkeypatch.setattr(common, "run_notebook", run_notebook)
-    out = tmp_path / "out"
+    out, report = tmp_path / "out", driver is imdb
     common.write_csv(out / "results.csv", [{"run": "sft"}], ["run"])
-    published = common.figure_files(tmp_path / "figures" / "plot.png")
+    (out / "results.md").write_text("# the report")
+    published = common.figure_files(tmp_path / "figures" / "plot.png", report)
     published[0].parent.mkdir()
     for path in published:
-        path.write_text(f"committed {path.suffix}")
+        path.write_text(f"committed {path.name}")
     config = tmp_path / "experiment.yaml"
     config.write_text(f"out_dir: {out}\nfigure: {published[0]}\n"
                       f"methods: {{dpo: {{param: loss.beta, values: [0.1]}}}}\n")
     argv = ["--config", str(config), "--stage", "plot"]
     assert driver.main(argv) == 0
-    made = common.figure_files(out / "figures" / "plot.png")
-    assert [p.read_text() for p in made] == [f"{s} of the run, from run\nsft\n" for s in (".png", ".csv", ".md")]
-    assert [p.read_text() for p in published] == ["committed .png", "committed .csv", "committed .md"]
+    made = common.figure_files(out / "figures" / "plot.png", report)
+    assert [p.read_text() for p in made] == [f"{s} of the run, from run\nsft\n" for s in (".png", ".csv", ".md")] \
+        + ["# the report"] * report
+    assert [p.read_text() for p in published] == [f"committed {p.name}" for p in published]
     assert driver.main(argv + ["--publish"]) == 0
     assert [p.read_bytes() for p in published] == [p.read_bytes() for p in made]
     assert sorted(published[0].parent.iterdir()) == sorted(published)  # no temporary file left
