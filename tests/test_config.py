@@ -47,7 +47,7 @@ def test_saved_config_loads_back_identically(tmp_path):
     ("ppo.lam=1.5", "ppo.lam: expected in [0, 1], got 1.5"),
     ("ppo.kl_target=-2", "ppo.kl_target: expected >= 0 (0 = a fixed ppo.kl_coef), got -2.0"),
     ("ppo.reward=rouge", "ppo.reward: unknown reward 'rouge'; expected one of classifier:DIR, reward_model:DIR, "
-                         "hf:NAME_OR_DIR[@LABEL], quickstart"),
+                         "hf:NAME_OR_DIR[@LABEL], quickstart, vader"),
     ("train.parallel=fsdp", "train.parallel: expected auto | none | ddp with loss.name=ppo (no FSDP2 in the PPO "
                             "loop), got 'fsdp'"),
     ("model.name=", "model.name: expected the trained policy PPO starts from (loss.name=ppo), got ''"),
