@@ -467,6 +467,74 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     assert (out / "results.csv").read_text() == before
 
 
+def test_the_real_language_model_shape_on_a_toy_folder(tmp_path):
+    """configs/imdb/smollm2.yaml's shape, every stage: SFT and the classifier both from one pretrained model
+    (here a toy one), the classifier on labelled sentences (classification_jsonl) and checked, LoRA preference
+    runs, the judge, and the plot stage publishing the figure, tables and results.md."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    config = write_toy_configs(tmp_path)
+    proc = driver(config, "prepare,sft")  # the toy experiment's SFT model stands in for SmolLM2
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    base = tmp_path / "out" / "sft" / "final"
+    from dpo import quickstart
+    rng = random.Random(1)
+    sentences = tmp_path / "sentences"
+    sentences.mkdir()
+    for split, n in (("train", 32), ("test", 8)):
+        rows = [{"text": f"the {rng.choice(quickstart.ASPECTS)} was {rng.choice(words)} .", "label": label}
+                for _ in range(n // 2) for label, words in ((1, quickstart.POSITIVE), (0, quickstart.NEGATIVE))]
+        common.write_jsonl(sentences / f"{split}.jsonl", rows)
+    (tmp_path / "classifier.yaml").write_text(f"""
+model: {{name: {base}}}
+data: {{format: imdb_sentiment, eval_examples: 8, max_length: 48}}
+loss: {{name: classifier}}
+train: {{max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: adamw, lr: 1.0e-3, warmup_steps: 0,
+        log_every: 100, device: cpu}}
+wandb: {{mode: disabled}}
+""")
+    (tmp_path / "dpo_lora.yaml").write_text((tmp_path / "dpo.yaml").read_text() + "lora: {rank: 4, alpha: 8}\n")
+    experiment = tmp_path / "real.yaml"
+    experiment.write_text(f"""
+out_dir: {tmp_path / 'real'}
+imdb_path: {tmp_path / 'aclImdb'}
+device: cpu
+window_words: 12
+window_reviews: 20
+sft_config: {tmp_path / 'sft.yaml'}
+sft_overrides: [model.name={base}, train.max_examples=16]
+reward: classifier
+classifier_config: {tmp_path / 'classifier.yaml'}
+classifier_overrides: [data.format=classification_jsonl, data.path={sentences}]
+judge: vader
+train_prefixes: 0
+pair_eval_prefixes: 4
+max_new_tokens: 12
+sample_batch_size: 32
+train_config: {tmp_path / 'dpo_lora.yaml'}
+methods:
+  dpo: {{overrides: [loss.name=sigmoid], param: loss.beta, values: [0.1]}}
+  preferred_ft: {{overrides: [loss.name=preferred_ft]}}
+eval_prefixes: 8
+eval_batch_size: 8
+figure: {tmp_path / 'published' / 'frontier.png'}
+""")
+    proc = driver(experiment, "all", "--publish")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    real = tmp_path / "real"
+    assert "data classification_jsonl" in proc.stdout and "classifier check: accuracy" in proc.stdout
+    check = json.loads((real / "classifier" / "check.json").read_text())
+    assert check["judge"] == "vader" and check["reviews"] == 8 and 0 <= check["accuracy_windows"] <= 1
+    assert (real / "runs" / "dpo-beta0.1" / "final" / "adapter").is_dir()  # LoRA: adapters beside merged weights
+    results = rows_of(real / "results.jsonl")
+    assert sorted((r["run"], r["step"]) for r in results) == [
+        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
+    assert all(r["judge_mean"] is not None for r in results)
+    published = common.figure_files(tmp_path / "published" / "frontier.png", report=True)
+    assert all(p.is_file() for p in published)
+    assert published[-1].read_text() == (real / "results.md").read_text()
+
+
 def test_driver_errors_are_one_line(tmp_path):
     config = write_toy_configs(tmp_path)
     proc = driver(config, "label")
