@@ -436,9 +436,10 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     and measure KL(policy ‖ reference).
 
     Returns (metrics, sample rows). metrics use dpo.evaluate's reward-table names: n_samples, reward_mean,
-    reward_sem, judge_mean, judge_sem (None without a judge), kl_exact_mean, kl_exact_sem, kl_sampled_mean, kl_sampled_sem, mean_completion_tokens,
-    eos_fraction. Sample rows are in sample.py's format (plus reward and KLs), so `python -m dpo.evaluate
-    reward FILE --reward ...` can score them again with another reward."""
+    reward_sem, judge_mean, judge_sem (None without a judge), kl_exact_mean, kl_exact_sem, kl_sampled_mean,
+    kl_sampled_sem, mean_completion_tokens, eos_fraction. Sample rows are in sample.py's format (plus reward,
+    judge and KLs), so `python -m dpo.evaluate reward FILE --reward ...` can score them again with another
+    reward."""
     from dpo.evaluate.tables import mean_sem
     from dpo.evaluate.kl import sequence_kl
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -462,8 +463,8 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], scorer, *,
     rows = [{"prompt_id": i, "sample_index": 0, "prompt": prompts[i], "completion": texts[i], "model": model_name,
              "temperature": temperature, "top_k": None, "top_p": None, "max_new_tokens": max_new_tokens,
              "seed": seed, "finish_reason": "eos" if ended[i] else "length", "prompt_token_ids": prompt_ids[i],
-             "completion_token_ids": completion_ids[i], "reward": reward[i], "judge": judged[i], "kl_exact": kl_exact[i],
-             "kl_sampled": kl_sampled[i]} for i in range(len(prompts))]
+             "completion_token_ids": completion_ids[i], "reward": reward[i], "judge": judged[i],
+             "kl_exact": kl_exact[i], "kl_sampled": kl_sampled[i]} for i in range(len(prompts))]
     return metrics, rows
 
 
@@ -639,6 +640,7 @@ def paired_differences(x: ImdbExperiment, results: list[dict], baseline: str = "
 
 
 def format_differences(diffs: list[dict], baseline: str = "preferred_ft") -> str:
+    """paired_differences as a Markdown table."""
     lines = [f"| run (last step) | KL | {baseline} step nearest in KL | its KL | Δ reward | Δ judge | prefixes |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for d in diffs:
