@@ -317,10 +317,11 @@ def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None =
 # Batch schedule
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int | str, epoch: int) -> int:
     """A 32-bit seed for (run seed, epoch): the first 4 bytes of sha256("seed:epoch"). Not seed + epoch,
     which would give seed 1's epoch 0 the order of seed 0's epoch 1; and not seed·2³² + epoch, since the
-    CPU torch.Generator keeps only the low 32 bits of its seed."""
+    CPU torch.Generator keeps only the low 32 bits of its seed. A string seed keeps another stream apart
+    (PPO's sampling: "ppo:SEED", iteration)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "little")
 
 

@@ -27,7 +27,6 @@ samples what the uninterrupted one did. The minibatch order comes from torch's g
 every checkpoint.
 """
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
@@ -167,9 +166,9 @@ def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_f
 
 def sampling_draws(seed: int, iteration: int, n_prompts: int, max_new_tokens: int) -> torch.Tensor:
     """[n_prompts, max_new_tokens] uniforms in [0, 1) for the sampling of rollout `iteration` (−1: the held-out
-    samples), one row per prompt of the global rollout, from a generator seeded by sha256(seed:iteration)."""
-    digest = hashlib.sha256(f"ppo:{seed}:{iteration}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:4], "little"))
+    samples), one row per prompt of the global rollout, from a generator seeded by batching.epoch_seed("ppo:seed",
+    iteration)."""
+    generator = torch.Generator().manual_seed(batching.epoch_seed(f"ppo:{seed}", iteration))
     return torch.rand(n_prompts, max_new_tokens, dtype=torch.float64, generator=generator)
 
 
