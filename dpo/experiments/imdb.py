@@ -130,6 +130,11 @@ def paths(x: ImdbExperiment) -> dict:
     }
 
 
+def eval_samples_path(x: ImdbExperiment, row: dict) -> Path:
+    """Where the evaluate stage keeps the samples of one checkpoint (a results row, or an item to evaluate)."""
+    return paths(x)["eval_samples"] / row["run"] / f"step-{row['step']:06d}.jsonl"
+
+
 def expand(x: ImdbExperiment, overrides: list) -> list[str]:
     """train.py overrides of the experiment config with {out_dir}, {reward} (the ground-truth reward spec) and
     {reward_model} (the reward_model stage's model) replaced."""
@@ -522,7 +527,7 @@ def make_evaluator(x: ImdbExperiment):
                 max_new_tokens=x.max_new_tokens, temperature=x.temperature, batch_size=x.eval_batch_size,
                 seed=x.seed, device=state["device"], model_name=item["checkpoint"], judge=state["judge"])
             row = {**item, **metrics, "seconds": round(time.perf_counter() - start, 2)}
-            write_jsonl(p["eval_samples"] / item["run"] / f"step-{item['step']:06d}.jsonl", samples)
+            write_jsonl(eval_samples_path(x, item), samples)
             append_jsonl(p["results"], [row])
             rows.append(row)
             judged = f"  judge {row['judge_mean']:.3f} ± {row['judge_sem']:.3f}" if x.judge else ""
@@ -547,7 +552,7 @@ def judge_earlier_rows(x: ImdbExperiment, results: list[dict]) -> list[dict]:
         return results
     judge = rewards.load_scorer(x.judge, device=pick_device(x.device))
     for row in todo:
-        path = paths(x)["eval_samples"] / row["run"] / f"step-{row['step']:06d}.jsonl"
+        path = eval_samples_path(x, row)
         samples = [r for _, r in data.read_jsonl(require(path, "evaluate"))]
         judged = judge([r["prompt"] for r in samples], [r["completion"] for r in samples]).tolist()
         for sample, value in zip(samples, judged):
@@ -611,8 +616,7 @@ def format_table(rows: list[dict]) -> str:
 
 def read_eval_samples(x: ImdbExperiment, row: dict) -> dict[int, dict]:
     """The evaluate stage's samples of one checkpoint, by test prompt id."""
-    path = paths(x)["eval_samples"] / row["run"] / f"step-{row['step']:06d}.jsonl"
-    return {r["prompt_id"]: r for _, r in data.read_jsonl(require(path, "evaluate"))}
+    return {r["prompt_id"]: r for _, r in data.read_jsonl(require(eval_samples_path(x, row), "evaluate"))}
 
 
 def paired_differences(x: ImdbExperiment, results: list[dict], baseline: str = "preferred_ft") -> list[dict]:
