@@ -319,7 +319,7 @@ def validate(config: Config) -> None:
 
 def ppo_problems(c: Config) -> list[str]:
     """loss.name=ppo: the ppo section's values (each named), the reward spec's form (its folder: check_paths), and
-    the settings the PPO loop does not take (a new model, FSDP2, LoRA, the reference cache)."""
+    the settings the PPO loop does not take (a new model, FSDP2, the reference cache)."""
     from dpo.evaluate.rewards import check_spec
     p, problems = c.ppo, []
     try:
@@ -345,7 +345,6 @@ def ppo_problems(c: Config) -> list[str]:
         ("model.name", bool(c.model.name), "the trained policy PPO starts from (loss.name=ppo)", c.model.name),
         ("train.parallel", c.train.parallel != "fsdp", "auto | none | ddp with loss.name=ppo (no FSDP2 in the "
                                                        "PPO loop)", c.train.parallel),
-        ("lora.rank", c.lora.rank == 0, "0 with loss.name=ppo", c.lora.rank),
         ("train.reference_cache", not c.train.reference_cache, "false with loss.name=ppo (rollouts are new "
                                                                "samples)", c.train.reference_cache),
     ]

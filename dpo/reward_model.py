@@ -19,6 +19,8 @@ architectures ["GPT2ForSequenceClassification"] (or GPTNeoX-, GPTJ-, Llama-, Mis
 id2label / label2id ({0: NEGATIVE, 1: POSITIVE} or {0: REWARD}), pad_token_id, and "dpo_reward_kind";
 model.safetensors with the backbone under transformers' names (dpo.interop.hf_checkpoint) and the head as
 `score.weight` [n_outputs, C]. The backbone's output projection (lm_head) is not part of the model.
+A model with LoRA adapters on its backbone (PPO's critic, dpo/ppo/loop.py) is written merged, and its adapters
+also in PEFT's layout in adapter/ (dpo.lora.save_adapter), which a resume puts back onto the unmerged base.
 """
 import json
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dpo import lora
 from dpo.batching import pad_rows
 from dpo.errors import UserError
 from dpo.files import atomic_write
@@ -192,13 +195,18 @@ def collate_reward_pairs(examples: list[dict], tokenizer, max_length: int) -> di
 
 def save_reward_model(model: RewardModel, directory, tokenizer=None, dtype: torch.dtype | None = None,
                       state_dict: dict | None = None) -> None:
-    """config.json + model.safetensors (each atomic) + the tokenizer's files when given. state_dict: the
-    weights to write instead of model.state_dict() (e.g. gathered from FSDP shards; same names)."""
+    """config.json + model.safetensors (each atomic) + the tokenizer's files when given; with LoRA adapters,
+    the merged weights and adapter/. state_dict: the weights to write instead of model.state_dict() (e.g.
+    gathered from FSDP shards; same names)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.backbone.config
     mt = hf_checkpoint.model_type_of(cfg)
     state = model.state_dict() if state_dict is None else state_dict
+    if lora.lora_modules(model):
+        lora.save_adapter(model.backbone, directory / "adapter", "",
+                          state_dict={k.removeprefix("backbone."): v for k, v in state.items()})
+        state = lora.merged_state_dict(model, state)
     tensors = {}
     for ours, hf_names, _, to_hf in hf_checkpoint.layout(cfg, mt):
         if ours.startswith("lm_head."):

@@ -51,12 +51,18 @@ def test_saved_config_loads_back_identically(tmp_path):
     ("train.parallel=fsdp", "train.parallel: expected auto | none | ddp with loss.name=ppo (no FSDP2 in the PPO "
                             "loop), got 'fsdp'"),
     ("model.name=", "model.name: expected the trained policy PPO starts from (loss.name=ppo), got ''"),
+    ("train.reference_cache=true", "train.reference_cache: expected false with loss.name=ppo (rollouts are new "
+                                   "samples), got True"),
 ])
 def test_a_bad_ppo_value_is_one_line_naming_the_key(override, line):
     config = load_config(None, ["loss.name=ppo", "model.name=runs/sft/final", override])
     with pytest.raises(ConfigError) as error:
         validate(config)
     assert str(error.value) == line
+
+
+def test_ppo_takes_lora():
+    validate(load_config(None, ["loss.name=ppo", "model.name=runs/sft/final", "lora.rank=8"]))
 
 
 def test_ppo_settings_are_not_checked_for_other_losses():

@@ -20,6 +20,11 @@ or model.name) and the value model, a separate critic (`value_model`). One optim
 updates policy and critic together, from one loss, as in Ziegler et al. (2019) and TRL: one schedule, one
 gradient clip, one checkpointed optimizer state. With a separate critic and an adaptive optimizer (Adam,
 RMSprop), ppo.vf_coef changes the critic's steps only through the shared gradient-norm clipping.
+With LoRA (lora.rank > 0) the bases stay frozen and only the adapters (and the critic's head) are trained and
+have optimizer state: the policy is model.name with adapters (it generates with them on), the reference is the
+policy with its adapters off unless `reference` names another model (no second copy), and the critic's trunk
+gets adapters of the same settings. Checkpoints hold each model merged plus its adapters (adapter/); a resume
+puts the saved adapters (and the critic's saved head) back onto the bases, so it continues bit for bit.
 
 Sampling draws its random numbers from a generator seeded by (train.seed, iteration), one row per prompt of
 the global rollout, so a completion does not depend on the rank or batch that samples it, and a resumed run
@@ -32,12 +37,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, distributed
+from dpo import batching, checkpoint, distributed, lora
 from dpo.config import Config, ConfigError
 from dpo.evaluate.kl import sequence_kl
 from dpo.evaluate.rewards import check_spec, load_scorer
 from dpo.generation import completion_text, generate, stop_ids
 from dpo.interop.hub import resolve_model_dir
+from dpo.interop.safetensors import load_file
 from dpo.logprobs import model_token_logps, response_mask
 from dpo.ppo import objective
 from dpo.reward_model import BRADLEY_TERRY, RewardModel, RewardModelError, is_reward_model_dir, load_reward_model
@@ -66,9 +72,9 @@ def train_ppo(config: Config) -> dict:
                                       max_examples=p.iterations * p.rollout_prompts)
     mode = parallel_mode(config, ctx)
     with distributed.fail_together():
-        policy = load_model(resume_from or resolve_model_dir(config.model.name), config, ctx, trainable=True)
+        policy = build_policy(config, ctx, resume_from)
         check_context(config, policy, prompts + eval_prompts)
-        reference = load_model(resolve_model_dir(config.reference or config.model.name), config, ctx, trainable=False)
+        reference = build_reference(config, policy, ctx)
         critic = build_value_model(config, tokenizer, ctx, resume_from)
         scorer = load_scorer(p.reward, device=ctx.device)
     policy, critic = (distributed.wrap(m, mode, ctx, mixed_precision=t.mixed_precision) for m in (policy, critic))
@@ -89,7 +95,7 @@ def train_ppo(config: Config) -> dict:
                          "scaler": scaler.state_dict(), "log_lines": log.line_counts(),
                          "config": dataclasses.asdict(config)}
         checkpoint.save_checkpoint(out_dir, iteration, policy, optimizer, trainer_state, ctx, tokenizer,
-                                   extra_models={VALUE_MODEL: critic})
+                                   config.model.name, extra_models={VALUE_MODEL: critic})
 
     progress = progress_bar(schedule.n_steps, iteration, enabled=ctx.is_main)
     for [indices] in schedule:  # one micro-batch per rank and iteration: this rank's share of the prompts
@@ -118,7 +124,7 @@ def train_ppo(config: Config) -> dict:
         checkpoint_now()
     final_metrics = evaluate(policy, reference, scorer, eval_prompts, tokenizer, config, ctx)
     log.log(final_metrics, iteration * p.rollout_prompts)
-    final_dir = save_final(policy, out_dir, ctx, tokenizer)
+    final_dir = save_final(policy, out_dir, ctx, tokenizer, lora_base=config.model.name)
     if ctx.is_main:
         print(summary(final_metrics, len(eval_prompts), final_dir, config), flush=True)
     log.finish()
@@ -142,6 +148,35 @@ def check_context(config: Config, policy, prompts: list[list[int]]) -> None:
                           f"data.max_prompt_length")
 
 
+def build_policy(config: Config, ctx: distributed.Dist, resume_from) -> nn.Module:
+    """The model being trained: model.name, or the checkpoint's weights on resume. With LoRA, the frozen
+    model.name with adapters: new ones, or on resume the checkpoint's adapter/ (its model.safetensors holds the
+    merged weights, which are not the base)."""
+    if not config.lora.rank:
+        return load_model(resume_from or resolve_model_dir(config.model.name), config, ctx, trainable=True)
+    policy = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
+    add_adapters(policy, config, resume_from and resume_from / "adapter")
+    return policy
+
+
+def add_adapters(model: nn.Module, config: Config, saved) -> None:
+    """Freeze `model` (a GPT) and add LoRA adapters to it: those in folder `saved` (a checkpoint's, on resume),
+    else new ones with the lora section's settings."""
+    if saved:
+        lora.load_adapter(model, saved)
+    else:
+        lora.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
+
+
+def build_reference(config: Config, policy: nn.Module, ctx: distributed.Dist):
+    """The frozen reference, the initial policy: `reference` (or model.name) loaded without gradients; with LoRA
+    and the reference being model.name, the policy itself with its adapters off (lora.WithoutAdapters)."""
+    path = config.reference or config.model.name
+    if config.lora.rank and path == config.model.name:
+        return lora.WithoutAdapters(policy)
+    return load_model(resolve_model_dir(path), config, ctx, trainable=False)
+
+
 def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_from) -> RewardModel:
     """The critic: a GPT with a scalar head read at every position (RewardModel(..., every_position=True)).
 
@@ -149,10 +184,12 @@ def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_f
     model that already reads the task, so that the first values are not noise: ppo.value_model if given (a
     reward-model folder, or a causal LM that gets a zero head), else the reward model when ppo.reward is
     reward_model:DIR (as OpenAI's summarize-from-feedback and TRL's PPOTrainer do), else the initial policy's
-    weights with a zero head (every value 0 at the start). On resume, the checkpoint's copy."""
+    weights with a zero head (every value 0 at the start). On resume, the checkpoint's copy. With LoRA the trunk
+    is that start, frozen, with adapters (on resume the checkpoint's adapter/ and head), and the head trains."""
     kind, arg = check_spec(config.ppo.reward)
-    source = resume_from / VALUE_MODEL if resume_from else config.ppo.value_model or (
-        arg if kind == "reward_model" else resolve_model_dir(config.model.name))
+    start = config.ppo.value_model or (arg if kind == "reward_model" else resolve_model_dir(config.model.name))
+    saved = resume_from and resume_from / VALUE_MODEL
+    source = saved if saved and not config.lora.rank else start
     if is_reward_model_dir(source):
         critic = load_reward_model(source, getattr(torch, config.model.dtype), ctx.device)
         if critic.kind != BRADLEY_TERRY:
@@ -161,7 +198,14 @@ def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_f
     else:
         backbone = load_model(source, config, ctx, trainable=True)
         critic = RewardModel(backbone, 1, pad_id=tokenizer.pad_id_or_eos())
-    return critic.requires_grad_().train()
+    critic.requires_grad_().train()
+    if config.lora.rank:  # adapters on the trunk alone: add_lora freezes what it is given, and the head must train
+        add_adapters(critic.backbone, config, saved and saved / "adapter")
+        if saved:  # (the checkpoint's trunk is merged, not the base: only its head is read)
+            head = load_file(saved / "model.safetensors", names=["score.weight"])["score.weight"]
+            with torch.no_grad():
+                critic.score.weight.copy_(head)
+    return critic
 
 
 def sampling_draws(seed: int, iteration: int, n_prompts: int, max_new_tokens: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """dpo/ppo/loop.py on the quickstart task, whose ground truth is known (dpo.quickstart.reward), from a tiny SFT
 model trained here: PPO raises the reward of held-out samples while their KL to the reference stays near the
-target; resume = uninterrupted (bit-exact); two DDP processes sample what one does and train alike; the value
-model starts from the reward model or from the policy."""
+target; resume = uninterrupted (bit-exact, with and without LoRA); two DDP processes sample what one does and
+train alike; the value model starts from the reward model or from the policy; LoRA trains only the adapters and
+the critic's head, against the policy with its adapters off."""
 import json
 import os
 import socket
@@ -13,16 +14,19 @@ import pytest
 import torch
 
 import train
-from dpo import checkpoint, distributed
+from dpo import checkpoint, distributed, lora
 from dpo.config import load_config
 from dpo.interop.hf_checkpoint import load_pretrained
 from dpo.interop.safetensors import load_file
+from dpo.logprobs import model_token_logps
+from dpo.ppo import loop
 from dpo.ppo.loop import build_value_model, train_ppo
-from dpo.reward_model import RewardModel
+from dpo.reward_model import RewardModel, load_reward_model
 from dpo.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "quickstart_ppo.yaml")
+LORA = ("lora.rank=4", "lora.alpha=8")
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +76,13 @@ class Killed(BaseException):
     """A kill -9 stand-in: nothing catches it."""
 
 
-def test_resume_equals_an_uninterrupted_run(sft_model, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("lora_settings", [(), LORA], ids=["full", "lora"])
+def test_resume_equals_an_uninterrupted_run(sft_model, tmp_path, monkeypatch, capsys, lora_settings):
     """Killed after the iteration-2 checkpoint and resumed: policy, value model, KL coefficient, optimizer,
-    data position, sampling and minibatch order all continue, so the final weights are bit-equal."""
+    data position, sampling and minibatch order all continue, so the final weights are bit-equal. With LoRA the
+    checkpoints hold merged weights: the resume puts the saved adapters (and the critic's head) onto the bases."""
     settings = ("ppo.iterations=4", "ppo.rollout_prompts=16", "train.save_every=1", "ppo.kl_target=4",
-                "ppo.kl_horizon=100")
+                "ppo.kl_horizon=100", *lora_settings)
     run(sft_model, tmp_path / "full", *settings)
     real, calls = checkpoint.save_checkpoint, []
 
@@ -91,10 +97,13 @@ def test_resume_equals_an_uninterrupted_run(sft_model, tmp_path, monkeypatch, ca
             run(sft_model, tmp_path / "killed", *settings)
     run(sft_model, tmp_path / "killed", *settings, "train.resume=true")
     full, killed = tmp_path / "full", tmp_path / "killed"
-    a, b = load_file(full / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
-    last = "checkpoints/step-000004/value_model/model.safetensors"
-    assert (full / last).read_bytes() == (killed / last).read_bytes()
+    weights = (["adapter/adapter_model.safetensors"] if lora_settings else []) + ["model.safetensors"]
+    for name in weights:
+        a, b = load_file(full / "final" / name), load_file(killed / "final" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"resume is not bit-exact: final/{name}"
+    last = "checkpoints/step-000004/value_model"
+    assert sorted(str(f.relative_to(full / last)) for f in (full / last).rglob("*.safetensors")) == weights
+    assert all((full / last / f).read_bytes() == (killed / last / f).read_bytes() for f in weights)
     state = [checkpoint.read_trainer_state(d / "checkpoints" / "step-000004") for d in (full, killed)]
     assert state[0]["kl_coef"] == state[1]["kl_coef"] != 0.05 and state[0]["updates"] == 4 * 2 * 2
     assert metrics_lines(full) == metrics_lines(killed)
@@ -146,3 +155,49 @@ def test_the_value_model_starts_from_the_reward_model_or_from_the_policy(sft_mod
     values = critic(ids, every_position=True)  # [1, T, 1]: the head at every position
     assert values.shape == (1, ids.shape[1], 1)
     torch.testing.assert_close(values[:, -1, 0], reward_model(ids)[:, 0])  # the last one is the reward
+
+
+def test_lora_trains_only_the_adapters_and_the_critic_head_against_the_base_with_adapters_off(sft_model, tmp_path,
+                                                                                              monkeypatch):
+    """LoRA: the optimizer holds the policy's and the critic's adapters and the critic's head, nothing else; after
+    the run both bases are bit-identical to the SFT model and every adapter has moved; the reference is the policy
+    itself with its adapters off, whose log-probs equal a frozen copy of the base's; the checkpoint's critic is
+    the merged one (a plain reward model computing the trained critic's values)."""
+    seen, real_optimizer, real_rollout = {}, loop.make_optimizer, loop.make_rollout
+
+    def spy_optimizer(models, config):
+        seen["models"], seen["optimizer"] = models, real_optimizer(models, config)
+        return seen["optimizer"]
+
+    def spy_rollout(policy, reference, *args):
+        seen["reference"], (seen["rollout"], metrics) = reference, real_rollout(policy, reference, *args)
+        return seen["rollout"], metrics
+    monkeypatch.setattr(loop, "make_optimizer", spy_optimizer)
+    monkeypatch.setattr(loop, "make_rollout", spy_rollout)
+    run(sft_model, tmp_path / "run", *LORA, "ppo.iterations=3", "ppo.rollout_prompts=16")
+    models, base = seen["models"], load_pretrained(sft_model)
+    trained = {n for n, p in models.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in models.named_parameters() if ".lora_" in n} | {"value_model.score.weight"}
+    in_optimizer = {id(p) for group in seen["optimizer"].param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for n, p in models.named_parameters() if n in trained}
+    for prefix in ("policy.", "value_model.backbone."):
+        frozen = {k.removeprefix(prefix): v for k, v in models.state_dict().items()
+                  if k.startswith(prefix) and ".lora_" not in k}
+        assert frozen and all(torch.equal(v, base.state_dict()[k]) for k, v in frozen.items()), prefix
+    adapters = lora.lora_modules(models)
+    assert {name.split(".")[0] for name, _ in adapters} == {"policy", "value_model"}
+    assert all((m.lora_B != 0).any() for _, m in adapters)
+    assert (models["value_model"].score.weight != 0).any()
+
+    reference, rollout = seen["reference"], seen["rollout"]
+    assert isinstance(reference, lora.WithoutAdapters) and reference.model is models["policy"]
+    with torch.no_grad():
+        reference_logps = model_token_logps(reference, rollout)[0]
+        assert torch.equal(reference_logps, model_token_logps(base, rollout)[0])
+        assert not torch.allclose(reference_logps, model_token_logps(models["policy"], rollout)[0])
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").is_file()
+    saved_critic = load_reward_model(checkpoint.latest_checkpoint(tmp_path / "run") / "value_model")  # merged
+    with torch.no_grad():
+        torch.testing.assert_close(saved_critic(rollout["input_ids"], rollout["attention_mask"], every_position=True),
+                                   models["value_model"](rollout["input_ids"], rollout["attention_mask"],
+                                                         every_position=True), atol=1e-5, rtol=1e-5)
