@@ -131,13 +131,18 @@ def test_the_real_language_model_config():
     """configs/imdb/smollm2.yaml: SmolLM2 for policy and classifier, the judge, a sweep that fits 2 CPU cores."""
     x = load_config(ROOT / "configs" / "imdb" / "smollm2.yaml", cls=imdb.ImdbExperiment)
     runs = imdb.sweep(x)
-    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft"} and len(runs) == 6
+    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft", "ppo_gt"} and len(runs) == 7
     assert x.judge == "vader" and x.reward == "classifier" and x.classifier_overrides == []
     sft, classifier, dpo = (load_config(path) for path in (x.sft_config, x.classifier_config, x.train_config))
     assert sft.model.name == classifier.model.name == "checkpoints/smollm2-135m-instruct"  # the judge owes the policy nothing
     assert dpo.lora.rank > 0 and dpo.reference == "" and dpo.model.name == f"{x.out_dir}/sft/final"
     assert dpo.data.max_length >= x.prefix_max_tokens + x.max_new_tokens + 1  # prefix + sample + EOS fit
     assert dpo.data.max_prompt_length >= x.prefix_max_tokens
+    [ppo_gt] = [r for r in runs if r["method"] == "ppo_gt"]
+    ppo = load_config(ppo_gt["config"])  # PPO-GT with LoRA: the reference is the SFT model, adapters off
+    assert ppo.lora.rank > 0 and ppo.reference == "" and ppo.model.name == dpo.model.name
+    assert ppo.ppo.max_new_tokens == x.max_new_tokens and ppo.ppo.iterations * ppo.ppo.rollout_prompts == \
+        dpo.train.max_examples  # as many samples as DPO's runs see pairs
 
 
 def test_appended_jsonl_resumes_after_a_cut_last_line(tmp_path, capsys):
@@ -470,7 +475,7 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
 def test_the_real_language_model_shape_on_a_toy_folder(tmp_path):
     """configs/imdb/smollm2.yaml's shape, every stage: SFT and the classifier both from one pretrained model
     (here a toy one), the classifier on labelled sentences (classification_jsonl) and checked, LoRA preference
-    runs, the judge, and the plot stage publishing the figure, tables and results.md."""
+    and PPO-GT runs, the judge, and the plot stage publishing the figure, tables and results.md."""
     pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
     config = write_toy_configs(tmp_path)
@@ -494,6 +499,7 @@ train: {{max_examples: 16, batch_size: 8, micro_batch_size: 8, optimizer: adamw,
 wandb: {{mode: disabled}}
 """)
     (tmp_path / "dpo_lora.yaml").write_text((tmp_path / "dpo.yaml").read_text() + "lora: {rank: 4, alpha: 8}\n")
+    (tmp_path / "ppo_lora.yaml").write_text((tmp_path / "ppo.yaml").read_text() + "lora: {rank: 4, alpha: 8}\n")
     experiment = tmp_path / "real.yaml"
     experiment.write_text(f"""
 out_dir: {tmp_path / 'real'}
@@ -515,6 +521,8 @@ train_config: {tmp_path / 'dpo_lora.yaml'}
 methods:
   dpo: {{overrides: [loss.name=sigmoid], param: loss.beta, values: [0.1]}}
   preferred_ft: {{overrides: [loss.name=preferred_ft]}}
+  ppo_gt: {{config: {tmp_path / 'ppo_lora.yaml'}, overrides: ["ppo.reward={{reward}}"], param: ppo.kl_target,
+           values: [2]}}
 eval_prefixes: 8
 eval_batch_size: 8
 figure: {tmp_path / 'published' / 'frontier.png'}
@@ -525,10 +533,12 @@ figure: {tmp_path / 'published' / 'frontier.png'}
     assert "data classification_jsonl" in proc.stdout and "classifier check: accuracy" in proc.stdout
     check = json.loads((real / "classifier" / "check.json").read_text())
     assert check["judge"] == "vader" and check["reviews"] == 8 and 0 <= check["accuracy_windows"] <= 1
-    assert (real / "runs" / "dpo-beta0.1" / "final" / "adapter").is_dir()  # LoRA: adapters beside merged weights
+    for run in ("dpo-beta0.1", "ppo_gt-kl_target2"):  # LoRA: adapters beside merged weights
+        assert (real / "runs" / run / "final" / "adapter").is_dir()
     results = rows_of(real / "results.jsonl")
     assert sorted((r["run"], r["step"]) for r in results) == [
-        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
+        ("dpo-beta0.1", 1), ("dpo-beta0.1", 2), ("ppo_gt-kl_target2", 1), ("ppo_gt-kl_target2", 2),
+        ("preferred_ft", 1), ("preferred_ft", 2), ("sft", 0)]
     assert all(r["judge_mean"] is not None for r in results)
     published = common.figure_files(tmp_path / "published" / "frontier.png", report=True)
     assert all(p.is_file() for p in published)
