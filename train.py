@@ -68,7 +68,7 @@ def preference_step(policy, reference, batch: dict, config: Config):
     elif reference is not None:
         with torch.no_grad():
             reference_logps, _ = batch_sequence_logps(reference, batch, loss.ld_alpha)
-    if "layout_mask" in batch:  # the prompt computed once, no padding (batching.collate_shared)
+    if "segments" in batch:  # the prompt computed once, no padding (batching.collate_shared)
         policy_logps, lengths = shared_sequence_logps(policy, batch)
     else:
         mask = response_mask(batch["labels"])

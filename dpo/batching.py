@@ -273,12 +273,13 @@ def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | Non
     computed once and no position is padding (but for rounding up to pad_to_multiple_of).
 
     input_ids, attention_mask (1 on tokens), positions: [1, N], positions restarting at each pair and, for its
-    rejected response, after its prompt, as if it followed the prompt alone; layout_mask [1, 1, N, N]: causal
-    within a pair, no pair sees another, no response sees the other; segments [B + 1]: pair b's block is
+    rejected response, after its prompt, as if it followed the prompt alone; segments [B + 1]: pair b's block is
     [segments[b], segments[b + 1]) (the padding, if any, in the last block), so attention runs block by block
-    (GPT.forward); the response tokens scored: gather_rows [M] (the positions whose outputs predict them: the
-    last prompt position predicts both first tokens), gather_targets [M], gather_sequence [M] (pair b's chosen
-    is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
+    (GPT.forward) and no pair sees another; block_masks [Σ_b L_b²]: each block's [L_b, L_b] mask flattened,
+    causal, the rejected response not seeing the chosen one, a padding position only itself (Σ L² values
+    where an [N, N] mask would take N², most of them False); the response tokens scored: gather_rows [M] (the
+    positions whose outputs predict them: the last prompt position predicts both first tokens), gather_targets
+    [M], gather_sequence [M] (pair b's chosen is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
     collate_preference's [2B] rows (tested for every model family)."""
     B, tokens, positions, blocks, flat = len(batch), [], [], [], []
     for b, ex in enumerate(batch):
@@ -291,17 +292,18 @@ def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | Non
         tokens += ex["prompt_input_ids"] + chosen + rejected
         positions += list(range(p + len(chosen))) + list(range(p, p + len(rejected)))
     input_ids, attention_mask = pad_rows([tokens], pad_id, multiple_of=pad_to_multiple_of)
-    N = input_ids.shape[1]
-    allowed = torch.eye(N, dtype=torch.bool)  # a query always sees itself (padding sees only itself)
-    for start, p, c, r in blocks:  # built block by block: the work grows with Σ block², not N²
-        block = torch.ones(p + c + r, p + c + r, dtype=torch.bool).tril()
-        block[p + c:, p:p + c] = False  # the rejected response does not see the chosen one
-        allowed[start:start + p + c + r, start:start + p + c + r] = block
+    N, masks = input_ids.shape[1], []
+    for b, (start, p, c, r) in enumerate(blocks):
+        end = N if b == B - 1 else blocks[b + 1][0]
+        block = torch.eye(end - start, dtype=torch.bool)  # a query always sees itself (padding only itself)
+        block[:p + c + r, :p + c + r] = torch.ones(p + c + r, p + c + r, dtype=torch.bool).tril()
+        block[p + c:p + c + r, p:p + c] = False  # the rejected response does not see the chosen one
+        masks.append(block.flatten())
     seq_ids, flat_rows, targets = zip(*flat) if flat else ((), (), ())
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "positions": pad_rows([positions], 0, multiple_of=pad_to_multiple_of)[0],
-            "layout_mask": allowed[None, None],
             "segments": torch.tensor([start for start, *_ in blocks] + [N], dtype=torch.long),
+            "block_masks": torch.cat(masks),
             "gather_rows": torch.tensor(flat_rows, dtype=torch.long), "gather_targets": torch.tensor(targets, dtype=torch.long),
             "gather_sequence": torch.tensor(seq_ids, dtype=torch.long),
             "indices": torch.tensor([ex["index"] for ex in batch], dtype=torch.long)}

@@ -208,8 +208,8 @@ def model_token_logps(model, batch: dict, with_log_sum_sq: bool = False):
 def shared_sequence_logps(model, batch: dict):
     """(logps [2B], n_tokens [2B]) of each pair's chosen (rows 0..B−1) and rejected (B..2B−1) response from
     one forward over [prompt | chosen | rejected] (batching.collate_shared): the prompt is computed once."""
-    hidden = model(batch["input_ids"], positions=batch["positions"], layout_mask=batch["layout_mask"],
-                   segments=batch["segments"], return_hidden=True)
+    hidden = model(batch["input_ids"], positions=batch["positions"], segments=batch["segments"],
+                   block_masks=batch["block_masks"], return_hidden=True)
     weight, bias = head_weights(model)
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["gather_rows"])
     token_logps, _ = _TokenLogpsFromHidden.apply(rows, weight, bias, batch["gather_targets"], LOGITS_MEMORY_BUDGET,
@@ -221,7 +221,7 @@ def shared_sequence_logps(model, batch: dict):
 
 def batch_sequence_logps(model, batch: dict, ld_alpha: float | None = 1.0):
     """(logps [N], n_tokens [N]) of every response of a batch, laid out shared (collate_shared) or not."""
-    if "layout_mask" in batch:
+    if "segments" in batch:
         return shared_sequence_logps(model, batch)
     return sequence_logps(model_token_logps(model, batch)[0], response_mask(batch["labels"]), ld_alpha)
 

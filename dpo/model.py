@@ -293,12 +293,13 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=0.02)
 
     def forward(self, input_ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden=False,
-                positions=None, layout_mask=None, segments=None):
+                positions=None, segments=None, block_masks=None):
         """input_ids: [B, T]; attention_mask: [B, S] over cached + new tokens (S = past + T), 1 = token.
-        Or, for several sequences laid out in one row (batching.collate_shared), their own positions [B, T]
-        and layout_mask [B, 1, T, T] (True where a query may attend a key) instead of attention_mask; with
-        segments [n + 1] (B = 1: the row's blocks start at segments[i] and end at segments[i + 1], no query
-        sees a key outside its block) attention runs block by block, none of it across blocks.
+        Or, for blocks of sequences laid out back to back in one row (B = 1, batching.collate_shared), instead of
+        attention_mask: their own positions [1, T]; segments [n + 1] (block i is [segments[i], segments[i + 1]),
+        no query sees a key outside its block); block_masks [Σ_i L_i²] bool, block i's [L_i, L_i] mask (True
+        where a query may attend a key) flattened, in order. Attention runs block by block, none of it across
+        blocks, and no [T, T] mask exists.
 
         Returns logits [B, T, V], or with return_hidden the final normed hidden states [B, T, C] such that
         logits == self.lm_head(hidden)."""
@@ -309,10 +310,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {S} positions exceeds max_seq_len {cfg.max_seq_len}")
         device = input_ids.device
         if positions is not None:
-            pos, attn_mask = positions, layout_mask
-            if segments is not None:
-                bounds = segments.tolist()
-                attn_mask = [(s, e, layout_mask[:, :, s:e, s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+            bounds = segments.tolist()
+            lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+            masks = block_masks.split([n * n for n in lengths])
+            pos, attn_mask = positions, [(s, s + n, m.view(1, 1, n, n)) for s, n, m in zip(bounds, lengths, masks)]
         elif attention_mask is None:
             pos = torch.arange(past, S, device=device).expand(B, T)
             # no pads: plain causal attention (is_causal fast path) unless a cache offsets the queries

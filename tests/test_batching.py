@@ -410,10 +410,11 @@ def test_collate_shared_lays_out_prompt_once_and_hides_the_responses_from_each_o
     batch = batching.collate_shared([ex], pad_id=0, pad_to_multiple_of=8)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0]]
     assert batch["positions"].tolist() == [[0, 1, 2, 3, 2, 0, 0, 0]]  # the rejected restarts after the prompt
-    mask = batch["layout_mask"][0, 0]
+    mask = batch["block_masks"].view(8, 8)  # one block, the rounding padding in it
     assert mask[4].tolist() == [True, True, False, False, True, False, False, False]  # rejected: prompt + itself
     assert mask[3].tolist() == [True, True, True, True, False, False, False, False]   # chosen: prompt + chosen
+    assert mask[6].tolist() == [False] * 6 + [True, False]  # a padding position sees only itself
     # scored: chosen 3 from position 1, chosen 4 from 2; rejected 5 from the prompt's last position, 1
     assert batch["gather_rows"].tolist() == [1, 2, 1] and batch["gather_targets"].tolist() == [3, 4, 5]
     assert batch["gather_sequence"].tolist() == [0, 0, 1] and batch["indices"].tolist() == [7]
-    assert batch["segments"].tolist() == [0, 8]  # one block, the rounding padding in it
+    assert batch["segments"].tolist() == [0, 8]

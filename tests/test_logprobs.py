@@ -452,5 +452,6 @@ def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
     # the prompts once, all pairs back to back in one row without padding, attention block by block
     packed = batching.collate_shared(pairs, 0)
     assert packed["input_ids"].shape == (1, 14 + 6 + 10 + 8) and packed["segments"].tolist() == [0, 14, 20, 30, 38]
+    assert packed["block_masks"].numel() == 14 ** 2 + 6 ** 2 + 10 ** 2 + 8 ** 2  # Σ L², not N²
     with torch.no_grad():  # and the batch's own entry point agrees with the layout-specific one
         torch.testing.assert_close(shared_sequence_logps(model, batching.collate_shared(pairs, 0))[0], shared)
