@@ -319,7 +319,7 @@ def validate(config: Config) -> None:
 
 def ppo_problems(c: Config) -> list[str]:
     """loss.name=ppo: the ppo section's values (each named), the reward spec's form (its folder: check_paths), and
-    the settings the PPO loop does not take (a new model, FSDP2, the reference cache)."""
+    the settings the PPO loop does not take (a new model, FSDP2, the reference cache, dropout)."""
     from dpo.evaluate.rewards import check_spec
     p, problems = c.ppo, []
     try:
@@ -347,6 +347,10 @@ def ppo_problems(c: Config) -> list[str]:
                                                        "PPO loop)", c.train.parallel),
         ("train.reference_cache", not c.train.reference_cache, "false with loss.name=ppo (rollouts are new "
                                                                "samples)", c.train.reference_cache),
+        # log π_old (rollout) and log π (update) are both computed in train mode: with dropout they would come
+        # from two different networks, and the ratio would not start at 1
+        ("model.dropout", c.model.dropout == 0, "0 with loss.name=ppo (π/π_old needs one network)", c.model.dropout),
+        ("lora.dropout", c.lora.dropout == 0, "0 with loss.name=ppo (π/π_old needs one network)", c.lora.dropout),
     ]
     return problems + [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
 

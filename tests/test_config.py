@@ -51,6 +51,8 @@ def test_saved_config_loads_back_identically(tmp_path):
     ("train.parallel=fsdp", "train.parallel: expected auto | none | ddp with loss.name=ppo (no FSDP2 in the PPO "
                             "loop), got 'fsdp'"),
     ("model.name=", "model.name: expected the trained policy PPO starts from (loss.name=ppo), got ''"),
+    ("model.dropout=0.1", "model.dropout: expected 0 with loss.name=ppo (π/π_old needs one network), got 0.1"),
+    ("lora.dropout=0.05", "lora.dropout: expected 0 with loss.name=ppo (π/π_old needs one network), got 0.05"),
     ("train.reference_cache=true", "train.reference_cache: expected false with loss.name=ppo (rollouts are new "
                                    "samples), got True"),
 ])
