@@ -131,7 +131,7 @@ def test_the_real_language_model_config():
     """configs/imdb/smollm2.yaml: SmolLM2 for policy and classifier, the judge, a sweep that fits 2 CPU cores."""
     x = load_config(ROOT / "configs" / "imdb" / "smollm2.yaml", cls=imdb.ImdbExperiment)
     runs = imdb.sweep(x)
-    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft", "ppo_gt"} and len(runs) == 7
+    assert {r["method"] for r in runs} == {"dpo", "unlikelihood", "preferred_ft", "ppo", "ppo_gt"} and len(runs) == 8
     assert x.judge == "vader" and x.reward == "classifier" and x.classifier_overrides == []
     sft, classifier, dpo = (load_config(path) for path in (x.sft_config, x.classifier_config, x.train_config))
     assert sft.model.name == classifier.model.name == "checkpoints/smollm2-135m-instruct"  # the judge owes the policy nothing
@@ -139,10 +139,12 @@ def test_the_real_language_model_config():
     assert dpo.data.max_length >= x.prefix_max_tokens + x.max_new_tokens + 1  # prefix + sample + EOS fit
     assert dpo.data.max_prompt_length >= x.prefix_max_tokens
     [ppo_gt] = [r for r in runs if r["method"] == "ppo_gt"]
-    ppo = load_config(ppo_gt["config"])  # PPO-GT with LoRA: the reference is the SFT model, adapters off
+    ppo = load_config(ppo_gt["config"])  # PPO(-GT) with LoRA: the reference is the SFT model, adapters off
     assert ppo.lora.rank > 0 and ppo.reference == "" and ppo.model.name == dpo.model.name
     assert ppo.ppo.max_new_tokens == x.max_new_tokens and ppo.ppo.iterations * ppo.ppo.rollout_prompts == \
         dpo.train.max_examples  # as many samples as DPO's runs see pairs
+    reward_model = load_config(x.reward_model_config)  # PPO's learned reward: from the SFT model, on the pairs
+    assert reward_model.loss.name == "reward_model" and reward_model.model.name == dpo.model.name
 
 
 def test_appended_jsonl_resumes_after_a_cut_last_line(tmp_path, capsys):
