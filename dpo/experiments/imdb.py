@@ -30,8 +30,8 @@ Stages (each reads the files of the ones before it, resumes where it stopped, sk
                 top-k/p, max_new_tokens), mean reward (and, with `judge`, an independent judge's mean score
                 of the same samples) and sequence-level KL(π_θ‖π_ref) to the SFT model -> out_dir/results.jsonl
                 (one row per run and step), out_dir/results.csv, and out_dir/results.md: the last checkpoints,
-                the rank correlation of reward and judge, paired differences against Preferred-FT at the
-                nearest KL, and samples
+                the rank correlation of reward and judge, paired differences against Preferred-FT (and PPO's
+                runs against DPO) at the nearest KL, and samples
     plot        jupyter-execute notebooks/imdb_frontier.ipynb on results.csv -> out_dir/figures/<file name of
                 `figure`> (PNG, and the results CSV, a Markdown table and results.md as <name>_results.md beside
                 it); with --publish, those four files are then copied to `figure`'s folder (committed files:
@@ -619,16 +619,17 @@ def read_eval_samples(x: ImdbExperiment, row: dict) -> dict[int, dict]:
     return {r["prompt_id"]: r for _, r in data.read_jsonl(require(eval_samples_path(x, row), "evaluate"))}
 
 
-def paired_differences(x: ImdbExperiment, results: list[dict], baseline: str = "preferred_ft") -> list[dict]:
-    """Each run's last checkpoint against the `baseline` method's checkpoint nearest to it in KL: the mean
-    difference of reward (and judge) over the same test prefixes, ± its standard error. Both checkpoints
-    sampled each prefix with the same random numbers, so the paired difference is less noisy than the
-    difference of the two means."""
+def paired_differences(x: ImdbExperiment, results: list[dict], baseline: str = "preferred_ft",
+                       methods: tuple | None = None) -> list[dict]:
+    """The last checkpoint of each run (of `methods`; None: all but SFT and the baseline) against the `baseline`
+    method's checkpoint nearest to it in KL: the mean difference of reward (and judge) over the same test
+    prefixes, ± its standard error. Both checkpoints sampled each prefix with the same random numbers, so the
+    paired difference is less noisy than the difference of the two means."""
     from dpo.evaluate.tables import mean_sem
     candidates = [r for r in results if r["method"] == baseline]
     out = []
     for row in final_rows(results):
-        if row["method"] in ("sft", baseline) or not candidates:
+        if row["method"] in ("sft", baseline) or not candidates or (methods and row["method"] not in methods):
             continue
         base = min(candidates, key=lambda r: abs(r["kl_exact_mean"] - row["kl_exact_mean"]))
         mine, theirs = read_eval_samples(x, row), read_eval_samples(x, base)
@@ -676,7 +677,8 @@ def format_samples(x: ImdbExperiment, results: list[dict], n: int = 3) -> str:
 
 def write_report(x: ImdbExperiment, results: list[dict]) -> str:
     """out_dir/results.md: the last checkpoint of every run, the rank correlation of reward and judge over all
-    checkpoints, the paired differences against Preferred-FT at the nearest KL, and samples."""
+    checkpoints, the paired differences against Preferred-FT (every run) and DPO (PPO's runs) at the nearest
+    KL, and samples."""
     from dpo.evaluate.tables import spearman
     parts = [f"# IMDB results: {x.out_dir}", "", f"reward: {reward_spec(x)}; judge: {x.judge or 'none'}; "
              f"{results[0]['n_samples']} test prefixes per checkpoint, T = {x.temperature}, "
@@ -687,10 +689,11 @@ def write_report(x: ImdbExperiment, results: list[dict]) -> str:
         rho = spearman([r["reward_mean"] for r in judged], [r["judge_mean"] for r in judged])
         parts += [f"Rank correlation (Spearman) of mean reward and mean judge over the {len(judged)} evaluated "
                   f"checkpoints: {'—' if rho is None else f'{rho:.2f}'}", ""]
-    diffs = paired_differences(x, results)
-    if diffs:
-        parts += ["## Against Preferred-FT at the nearest KL (paired over the same test prefixes, ± standard error)",
-                  "", format_differences(diffs), ""]
+    for baseline, name, methods in (("preferred_ft", "Preferred-FT", None), ("dpo", "DPO", ("ppo", "ppo_gt"))):
+        diffs = paired_differences(x, results, baseline, methods)
+        if diffs:
+            parts += [f"## Against {name} at the nearest KL (paired over the same test prefixes, ± standard error)",
+                      "", format_differences(diffs, baseline), ""]
     parts += ["## Samples (last checkpoints, the same test prefixes)", "", format_samples(x, results)]
     report = "\n".join(parts)
     atomic_write(paths(x)["report"], report)

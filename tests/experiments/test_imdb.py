@@ -459,6 +459,19 @@ def test_driver_stages_end_to_end_on_a_toy_folder(tmp_path):
     delta = sum(r["reward"] - theirs[r["prompt_id"]]["reward"] for r in eval_rows) / 8
     row = next(line for line in report.splitlines() if line.startswith("| dpo-beta0.1 (2) |"))
     assert f"| preferred_ft ({nearest['step']}) |" in row and row.split(" | ")[4].startswith(f"{delta:.3f} ± ")
+    # PPO's runs also against DPO's checkpoint nearest in KL (and only PPO's runs)
+    against_dpo = report.split("## Against DPO at the nearest KL")[1].split("## ")[0]
+    ppo_last = next(r for r in results if (r["run"], r["step"]) == ("ppo-kl_target2", 2))
+    nearest = min((r for r in results if r["method"] == "dpo"),
+                  key=lambda r: abs(r["kl_exact_mean"] - ppo_last["kl_exact_mean"]))
+    theirs = {r["prompt_id"]: r for r in rows_of(out / "eval_samples" / "dpo-beta0.1" / f"step-{nearest['step']:06d}.jsonl")}
+    mine = rows_of(out / "eval_samples" / "ppo-kl_target2" / "step-000002.jsonl")
+    delta = sum(r["reward"] - theirs[r["prompt_id"]]["reward"] for r in mine) / 8
+    row = next(line for line in against_dpo.splitlines() if line.startswith("| ppo-kl_target2 (2) |"))
+    assert f"| dpo-beta0.1 ({nearest['step']}) |" in row and row.split(" | ")[4].startswith(f"{delta:.3f} ± ")
+    rows = [line.split(" (")[0] for line in against_dpo.splitlines()
+            if line.startswith("| ") and "last step" not in line]  # (not the header)
+    assert rows == ["| ppo-kl_target2", "| ppo_gt-kl_target2"]
     assert report.count("**Prefix ") == 3 and report.count("| sft (0) |") == 3  # 3 samples, the SFT model first
     # everything is done: a rerun skips every stage and changes nothing
     before = (out / "results.csv").read_text()
