@@ -10,7 +10,7 @@ import torch
 from dpo.generation import attention_backends, completion_text, generate, sample_token, stop_ids
 from dpo.interop.hf_checkpoint import load_pretrained
 from dpo.model import GPT, GPTConfig
-from helpers import byte_tokenizer, randomize_
+from helpers import FAMILIES, byte_tokenizer, hf_config, randomize_
 
 V = 128
 EOS, PAD = 1, 0
@@ -26,12 +26,10 @@ class IdTokenizer:
         return self.pad_id if self.pad_id is not None else self.eos_id
 
 
-@pytest.fixture(scope="module", params=["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied",
-                                        "qwen3", "smollm3"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def pair(request, tmp_path_factory):
     """(transformers model, our model loaded from its checkpoint) for each family of tests/test_model.py."""
     transformers = pytest.importorskip("transformers")
-    from test_model import hf_config
     torch.manual_seed(0)
     hf = randomize_(transformers.AutoModelForCausalLM.from_config(hf_config(request.param)))
     path = tmp_path_factory.mktemp(request.param)

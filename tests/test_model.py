@@ -7,50 +7,7 @@ transformers = pytest.importorskip("transformers")
 
 from dpo.interop.hf_checkpoint import load_pretrained  # noqa: E402
 from dpo.model import GPT, GPTConfig, KVCache  # noqa: E402
-from helpers import randomize_  # noqa: E402
-
-V = 128
-EOS, PAD = 1, 0
-
-
-def hf_config(family: str):
-    """Tiny random configs that exercise each family's peculiarities (partial / interleaved rotary,
-    parallel residual, GQA, llama3 rope scaling, tied and untied heads, Qwen3's q/k norms with a head_dim
-    other than hidden_size / heads, SmolLM3's NoPE layer: the 4th by transformers' default)."""
-    ids = dict(vocab_size=V, bos_token_id=2, eos_token_id=EOS, pad_token_id=PAD)
-    T = transformers
-    if family == "gpt2":
-        return T.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, resid_pdrop=0, embd_pdrop=0,
-                            attn_pdrop=0, **ids)
-    if family == "neox":
-        return T.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
-                               rotary_pct=0.5, use_parallel_residual=True, max_position_embeddings=64, **ids)
-    if family == "neox_sequential":
-        return T.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
-                               rotary_pct=0.25, use_parallel_residual=False, rotary_emb_base=500.0,
-                               max_position_embeddings=64, **ids)
-    if family == "gptj":
-        return T.GPTJConfig(n_layer=2, n_head=4, n_embd=64, rotary_dim=8, n_positions=64, **ids)
-    if family == "llama":
-        return T.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                             intermediate_size=48, max_position_embeddings=64, **ids)
-    if family == "llama3_tied":
-        return T.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
-                             intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=True,
-                             attention_bias=True, rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 16, "rope_theta": 10000.0}, **ids)
-    if family == "qwen3":
-        return T.Qwen3Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                             head_dim=16, intermediate_size=48, max_position_embeddings=64, **ids)
-    if family == "smollm3":
-        return T.SmolLM3Config(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                               intermediate_size=48, max_position_embeddings=64,
-                               rope_parameters={"rope_type": "default", "rope_theta": 100.0}, **ids)
-    raise KeyError(family)
-
-
-FAMILIES = ["gpt2", "neox", "neox_sequential", "gptj", "llama", "llama3_tied", "qwen3", "smollm3"]
+from helpers import FAMILIES, PAD, V, hf_config, randomize_  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
