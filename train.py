@@ -45,7 +45,7 @@ from dpo.logprobs import (batch_sequence_logps, model_token_logps, response_mask
                           sequence_unlikelihood, shared_sequence_logps, wpo_weights)
 from dpo.model import GPT, GPTConfig
 from dpo.ppo.loop import train_ppo
-from dpo.run_log import RunLog, progress_bar, throughput_metrics
+from dpo.run_log import RunLog, progress_bar, step_flops, throughput_metrics
 from dpo.tokenizer import Tokenizer
 from dpo.training import (autocast, check_run, grad_scaler, load_data, load_model, load_tokenizer, lr_factor,
                           make_optimizer, parallel_mode, restore, save_final, update)
@@ -274,7 +274,7 @@ def train(config: Config) -> dict:
     per_rank_batch = t.batch_size // ctx.world_size
     for micro_batches in schedule if not early["stopped"] else ():
         start = time.perf_counter()
-        sums, tokens = {}, torch.zeros((), device=ctx.device)
+        sums, tokens, flops = {}, torch.zeros((), device=ctx.device), torch.zeros((), device=ctx.device)
         for i, indices in enumerate(micro_batches):
             batch = collate([train_examples[j] for j in indices])
             with distributed.gradient_sync(policy, enabled=i == len(micro_batches) - 1), autocast(config, ctx):
@@ -285,6 +285,7 @@ def train(config: Config) -> dict:
             for name, values in metrics.items():
                 sums[name] = sums.get(name, 0) + values.detach().float().sum()
             tokens += batch["attention_mask"].sum()
+            flops += step_flops(policy, train_reference, batch)
         metrics = distributed.all_reduce_mean(sums, torch.tensor(float(per_rank_batch), device=ctx.device))
         grad_norm = update(policy, optimizer, scheduler, scaler, metrics["loss/train"], step + 1, config)
         step, examples_seen = step + 1, examples_seen + t.batch_size
@@ -292,8 +293,7 @@ def train(config: Config) -> dict:
         if step % t.log_every == 0 or step == schedule.n_steps:
             metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], **{"counters/updates": step},
                            **({"loss_scale": scaler.get_scale()} if scaler.is_enabled() else {}),
-                           **throughput_metrics(policy, train_reference, batch, len(micro_batches), tokens, t.batch_size,
-                                                time.perf_counter() - start, ctx, config.data.max_length))
+                           **throughput_metrics(flops, tokens, t.batch_size, time.perf_counter() - start, ctx))
             log.log(metrics, examples_seen)
             progress.set_postfix(loss=f"{metrics['loss/train']:.4f}", refresh=False)
         if t.eval_every and step % t.eval_every == 0 and step < schedule.n_steps:

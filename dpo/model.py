@@ -355,10 +355,3 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel() if self.wpe is not None else 0
             n -= 0 if self.config.tie_embeddings else self.wte.weight.numel()
         return n
-
-    def flops_per_token(self, seq_len: int, backward: bool = True) -> float:
-        """Matmul FLOPs per token (PaLM / nanoGPT): forward 2N + 4 L H D T (scores and weighted sum,
-        causal halving ignored); forward + backward is 3x that: 6N + 12 L H D T."""
-        cfg = self.config
-        fwd = 2 * self.num_params(exclude_embeddings=True) + 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-        return 3 * fwd if backward else fwd

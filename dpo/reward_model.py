@@ -96,9 +96,6 @@ class RewardModel(nn.Module):
     def activation_checkpointing(self, value: bool):
         self.backbone.activation_checkpointing = value
 
-    def flops_per_token(self, seq_len: int, backward: bool = True) -> float:
-        return self.backbone.flops_per_token(seq_len, backward)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 every_position: bool = False) -> torch.Tensor:
         """input_ids, attention_mask: [B, T] → scores [B, n_outputs] (fp32), read at the last real token; with

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dpo.batching import IGNORE_INDEX
 from dpo.distributed import all_reduce_mean, unwrap
 from dpo.files import atomic_write
 
@@ -91,21 +92,46 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def throughput_metrics(policy, reference, last_batch: dict, n_micro_batches: int, tokens: torch.Tensor,
-                       batch_size: int, elapsed: float, ctx, max_length: int) -> dict:
-    """examples_per_second, tokens_per_second (non-pad tokens, all ranks), peak_memory_gb, and on known GPUs
-    mfu: model FLOPs (policy forward + backward, reference forward) over all padded positions processed,
-    per GPU, over the GPU's bf16 dense peak."""
-    tokens_total = all_reduce_mean({"tokens": tokens})["tokens"] * ctx.world_size
-    out = {"examples_per_second": batch_size / elapsed, "tokens_per_second": tokens_total / elapsed,
-           "peak_memory_gb": peak_memory_gb(ctx.device)}
+def batch_flops(model, batch: dict, backward: bool) -> torch.Tensor:
+    """Matmul FLOPs of one forward of `batch` (3x that with backward), counted as PaLM and nanoGPT count them,
+    but not on padding nor for logits that are never formed: on each non-pad token 2·N for the blocks' N
+    weights and 4·L·H·D·T for attention over the T keys of its row (a packed block's length; causal halving
+    ignored); and 2·V·C for the vocabulary head on each position whose log-prob is read (the response tokens'
+    of a batch with [B, T] labels; a reward model's batches have none: it reads a scalar head). A 0-dim tensor
+    on the batch's device: summing it over micro-batches makes the GPU wait for nothing."""
+    model = unwrap(getattr(model, "model", model))  # (a LoRA reference: the policy with its adapters off)
+    gpt = getattr(model, "backbone", model)
+    cfg, head = gpt.config, gpt.lm_head.weight.numel()
+    tokens, labels = batch["attention_mask"].sum(), batch.get("labels")
+    if "segments" in batch:  # one packed row (batching.collate_shared)
+        keys, scored = (batch["segments"].diff() ** 2).sum(), batch["gather_rows"].numel()
+    else:
+        keys = tokens * batch["attention_mask"].shape[1]
+        scored = (labels[:, 1:] != IGNORE_INDEX).sum() if labels is not None and labels.dim() == 2 else 0
+    forward = 2 * (gpt.num_params() - head) * tokens + 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * keys \
+        + 2 * head * scored
+    return 3 * forward if backward else forward
+
+
+def step_flops(policy, reference, batch: dict) -> torch.Tensor:
+    """batch_flops of a training step: the policy's forward and backward, and the reference's forward when it is
+    a model (not cached log-probs or none)."""
+    return batch_flops(policy, batch, True) + (batch_flops(reference, batch, False) if callable(reference) else 0)
+
+
+def throughput_metrics(flops: torch.Tensor, tokens: torch.Tensor, batch_size: int, elapsed: float, ctx) -> dict:
+    """examples_per_second, tokens_per_second (non-pad tokens, all ranks), peak_memory_gb, tflops_per_second
+    (step_flops of this step's micro-batches per second, per device), and on known GPUs mfu: that over the
+    GPU's bf16 dense peak."""
+    sums = all_reduce_mean({"tokens": tokens, "flops": flops})
+    flops_per_second = sums["flops"] / elapsed
+    out = {"examples_per_second": batch_size / elapsed, "tokens_per_second": sums["tokens"] * ctx.world_size / elapsed,
+           "peak_memory_gb": peak_memory_gb(ctx.device), "tflops_per_second": flops_per_second / 1e12}
     if ctx.device.type == "cuda":
         name = torch.cuda.get_device_name(ctx.device)
         peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
         if peak:
-            flops = unwrap(policy).flops_per_token(max_length) + (
-                unwrap(reference).flops_per_token(max_length, backward=False) if isinstance(reference, torch.nn.Module) else 0)
-            out["mfu"] = flops * last_batch["input_ids"].numel() * n_micro_batches / elapsed / peak
+            out["mfu"] = flops_per_second / peak
     return out
 
 

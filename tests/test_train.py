@@ -110,7 +110,7 @@ def test_resume_equals_uninterrupted_run(base_model, tmp_path):
     run(base_model, cut, *resumable, "train.resume=true")
     a, b = final_weights(full), final_weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
-    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb")
+    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb", "tflops_per_second")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(metrics_lines(full)) == strip(metrics_lines(cut))
 
@@ -455,7 +455,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(base_model, tmp_path, monke
     assert all(torch.equal(full[k], resumed[k]) for k in full), "final weights differ"
     last = [(d / "checkpoints" / "step-000004" / "model.safetensors").read_bytes() for d in (tmp_path / "full", killed)]
     assert last[0] == last[1]
-    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb")
+    timing = ("examples_per_second", "tokens_per_second", "peak_memory_gb", "tflops_per_second")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(metrics_lines(tmp_path / "full")) == strip(metrics_lines(killed))
     assert (tmp_path / "full" / "samples.jsonl").read_bytes() == (killed / "samples.jsonl").read_bytes()
