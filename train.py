@@ -47,8 +47,8 @@ from dpo.model import GPT, GPTConfig
 from dpo.ppo.loop import train_ppo
 from dpo.run_log import RunLog, progress_bar, step_flops, throughput_metrics
 from dpo.tokenizer import Tokenizer
-from dpo.training import (autocast, check_run, grad_scaler, load_data, load_model, load_tokenizer, lr_factor,
-                          make_optimizer, parallel_mode, restore, save_final, update)
+from dpo.training import (add_adapters, autocast, check_run, grad_scaler, load_data, load_model, load_tokenizer,
+                          lr_factor, make_optimizer, parallel_mode, restore, save_final, update)
 
 REWARDS = {"quickstart": lambda prompts, completions: [quickstart.reward(c) for c in completions]}
 
@@ -168,10 +168,8 @@ def build_policy(config: Config, tokenizer: Tokenizer, ctx: distributed.Dist, ki
         with torch.device("meta" if meta else ctx.device):
             model = reward_model.RewardModel(model, 2 if kind == "classification" else 1,
                                              pad_id=tokenizer.pad_id_or_eos())
-    if rank and resume_from is not None:
-        lora.load_adapter(model, resume_from / "adapter")
-    elif rank:
-        lora.add_lora(model, rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
+    if rank:
+        add_adapters(model, config, resume_from / "adapter" if resume_from is not None else None)
     context = getattr(model, "backbone", model).config.max_seq_len
     if config.data.max_length > context:
         raise ConfigError(f"data.max_length: expected <= {context}, the context of model {m.name}, "

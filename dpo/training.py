@@ -4,6 +4,7 @@ dpo/ppo/loop.py's (PPO).
     check_run, restore, save_final     every check before any work; the trainer state on resume; out_dir/final/
     load_tokenizer, load_data          the tokenizer (a new SentencePiece one when asked) and the tokenized data
     load_model, parallel_mode          a GPT from a Hugging Face folder; none | ddp | fsdp
+    add_adapters                       LoRA adapters on a frozen model: new, or a checkpoint's on resume
     make_optimizer, lr_factor          the optimizer; the learning-rate schedule (warmup, then constant / linear / cosine)
     autocast, grad_scaler              bf16 / fp16 compute; fp16's dynamic loss scaling
     update, clip_grad_norm             one optimizer step: clip, check finite, step, schedule
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dpo import batching, checkpoint, data, distributed, formats
+from dpo import batching, checkpoint, data, distributed, formats, lora
 from dpo.config import Config, ConfigError, check_paths, save_config, validate
 from dpo.errors import UserError
 from dpo.files import atomic_dir
@@ -156,6 +157,15 @@ def load_model(path, config: Config, ctx: distributed.Dist, trainable: bool, met
         if isinstance(module, nn.Dropout):
             module.p = config.model.dropout
     return model.requires_grad_(trainable).train(trainable)
+
+
+def add_adapters(model: nn.Module, config: Config, saved) -> None:
+    """Freeze `model` (a GPT) and add LoRA adapters to it: those in folder `saved` (a checkpoint's, on resume),
+    else new ones with the lora section's settings."""
+    if saved:
+        lora.load_adapter(model, saved)
+    else:
+        lora.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
 
 
 def parallel_mode(config: Config, ctx: distributed.Dist) -> str:

@@ -48,8 +48,8 @@ from dpo.logprobs import model_token_logps, response_mask
 from dpo.ppo import objective
 from dpo.reward_model import BRADLEY_TERRY, RewardModel, RewardModelError, is_reward_model_dir, load_reward_model
 from dpo.run_log import RunLog, progress_bar
-from dpo.training import (autocast, check_run, grad_scaler, load_data, load_model, load_tokenizer, lr_factor,
-                          make_optimizer, parallel_mode, restore, save_final, update)
+from dpo.training import (add_adapters, autocast, check_run, grad_scaler, load_data, load_model, load_tokenizer,
+                          lr_factor, make_optimizer, parallel_mode, restore, save_final, update)
 
 VALUE_MODEL = "value_model"  # the critic's folder in each checkpoint
 
@@ -157,15 +157,6 @@ def build_policy(config: Config, ctx: distributed.Dist, resume_from) -> nn.Modul
     policy = load_model(resolve_model_dir(config.model.name), config, ctx, trainable=True)
     add_adapters(policy, config, resume_from and resume_from / "adapter")
     return policy
-
-
-def add_adapters(model: nn.Module, config: Config, saved) -> None:
-    """Freeze `model` (a GPT) and add LoRA adapters to it: those in folder `saved` (a checkpoint's, on resume),
-    else new ones with the lora section's settings."""
-    if saved:
-        lora.load_adapter(model, saved)
-    else:
-        lora.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules)
 
 
 def build_reference(config: Config, policy: nn.Module, ctx: distributed.Dist):
