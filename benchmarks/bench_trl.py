@@ -223,6 +223,21 @@ def trl_child(args) -> None:
     result.write_text(json.dumps({"step_times": times, "counts": counts, "options": options}, default=str))
 
 
+def state_floor_child(model: str) -> None:
+    """Runs in a child process: only the state every live-reference RMSprop DPO step holds (torch, the policy
+    and the reference, the policy's gradients, RMSprop's square averages and the temporary of its update), no
+    batch. Its peak RSS is the floor both sides stand on."""
+    import torch
+    from dpo.interop.hf_checkpoint import load_pretrained
+    torch.set_num_threads(2)
+    policy = load_pretrained(model, dtype=torch.float32, device="cpu")
+    load_pretrained(model, dtype=torch.float32, device="cpu").requires_grad_(False)  # the reference
+    optimizer = torch.optim.RMSprop(policy.parameters(), lr=1e-6)
+    for p in policy.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+
+
 # ---------------------------------------------------------------------------------------------------- the benchmark
 
 def describe(side: str, rnd: int, times: list[float], rss_kib: int, need: tuple, gflops: float, warmup: int) -> dict:
@@ -246,7 +261,7 @@ def check_trl_counts(out: dict, counts: list[tuple]) -> None:
     print("  TRL options: " + ", ".join(f"{k}={v}" for k, v in out["options"].items()))
 
 
-def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: int, args) -> None:
+def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: int, floor: float, args) -> None:
     n_steps = args.warmup + args.steps
     data = work / f"{name}.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
@@ -268,14 +283,14 @@ def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: i
                 if rnd == 1:
                     check_trl_counts(out, counts)
             rows[side].append(describe(side, rnd, times, rss, need, gflops, args.warmup))
-    summarize(name, rows)
+    summarize(name, rows, floor)
 
 
-def summarize(name: str, rows: dict) -> None:
+def summarize(name: str, rows: dict, floor: float) -> None:
     ours, trl = rows["ours"], rows["trl"]
     med = lambda rs, k: statistics.median(x[k] for x in rs)  # noqa: E731
-    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, peak RSS {med(ours, 'rss'):.0f} MiB, "
-          f"{med(ours, 'limit'):.1%} of the limit", end="")
+    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, peak RSS {med(ours, 'rss'):.0f} MiB "
+          f"({med(ours, 'rss') - floor:.0f} above the state floor), {med(ours, 'limit'):.1%} of the limit", end="")
     if not trl:
         print()
         return
@@ -284,7 +299,9 @@ def summarize(name: str, rows: dict) -> None:
     print(f"; TRL {med(trl, 'tps'):.0f} tokens/s, peak RSS {med(trl, 'rss'):.0f} MiB, {med(trl, 'limit'):.1%} "
           f"of the limit\n  => ours / TRL tokens/s {statistics.median(ratios):.2f}x (per round "
           f"{', '.join(f'{x:.2f}' for x in ratios)}; range {min(ratios):.2f}-{max(ratios):.2f}x), "
-          f"peak RSS {statistics.median(rss_ratios):.2f}x (range {min(rss_ratios):.2f}-{max(rss_ratios):.2f}x)")
+          f"peak RSS {statistics.median(rss_ratios):.2f}x (range {min(rss_ratios):.2f}-{max(rss_ratios):.2f}x); "
+          f"above the state floor: ours {med(ours, 'rss') - floor:.0f} MiB, TRL {med(trl, 'rss') - floor:.0f} MiB, "
+          f"{(med(ours, 'rss') - floor) / (med(trl, 'rss') - floor):.2f}x")
 
 
 def main():
@@ -306,9 +323,12 @@ def main():
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                    help="TRL without its default gradient_checkpointing=True")
     p.add_argument("--trl-child", nargs=3, metavar=("MODEL", "PAIRS", "RESULT"), help=argparse.SUPPRESS)
+    p.add_argument("--floor-child", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.trl_child:
         return trl_child(args)
+    if args.floor_child:
+        return state_floor_child(args.floor_child)
     needed = [args.data / "aclImdb-mini" / "train", args.data / "tldr-mini" / "train.jsonl",
               args.data / "gpt2" / "merges.txt"]
     if missing := [str(x) for x in needed if not x.exists()]:
@@ -321,10 +341,14 @@ def main():
         print(f"model: GPT-2 shape {SHAPE}, N_body {n_body / 1e6:.2f}M, fp32, random init (seed 0), in {model}")
         print("tokens per step = mean over the pairs of (2*prompt + chosen + rejected, EOS included) x batch; "
               "tokens/s = that / median step time")
+        floor = spawn([sys.executable, str(Path(__file__).resolve()), "--floor-child", str(model)],
+                      work / "floor.log") / 1024
+        print(f"state floor: {floor:.0f} MiB peak RSS for torch, the policy and the reference, the gradients, "
+              "RMSprop's state and its update, without a batch (the same for both sides)")
         builders = {"imdb": lambda: imdb_pairs(args.data / "aclImdb-mini", n_pairs),
                     "tldr": lambda: tldr_pairs(args.data / "tldr-mini" / "train.jsonl", n_pairs)}
         for name in ("imdb", "tldr") if args.shape == "both" else (args.shape,):
-            bench_shape(name, builders[name](), work, model, n_body, args)
+            bench_shape(name, builders[name](), work, model, n_body, floor, args)
     finally:
         if args.keep:
             print(f"kept {work}")

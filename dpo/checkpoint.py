@@ -211,7 +211,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # A resumed run must continue the run its checkpoint belongs to: these settings must match (train.resume_changed).
-RESUME_KEYS = ("model", "reference", "data", "loss", "ppo", "train.seed", "train.batch_size", "train.optimizer")
+RESUME_KEYS = ("model", "reference", "data", "loss", "lora", "ppo", "train.seed", "train.batch_size", "train.optimizer")
 
 
 def resume_point(config) -> Path:

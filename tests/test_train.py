@@ -350,6 +350,17 @@ def test_resume_refuses_a_changed_model_unless_told(base_model, tmp_path, capsys
                                 "train.resume_changed=true")) == 0
 
 
+def test_resume_refuses_changed_lora_settings(base_model, tmp_path, capsys):
+    """The adapters come from the checkpoint: resuming with another rank, or with LoRA on a full fine-tuning
+    run's checkpoint, would silently train something other than the config says."""
+    run(base_model, tmp_path / "lora", "lora.rank=4", "train.max_examples=8", "train.save_every=1")
+    run(base_model, tmp_path / "full", "train.max_examples=8", "train.save_every=1")
+    for out, setting, named in ((tmp_path / "lora", "lora.rank=8", "lora.rank was 4"),
+                                (tmp_path / "full", "lora.rank=4", "lora.rank was 0")):
+        code = train.main(overrides(base_model, out, setting, "train.max_examples=16", "train.resume=true"))
+        assert code == 1 and named in capsys.readouterr().err
+
+
 FAIL_ON_RANK_1 = """
 import os, sys
 sys.path.insert(0, {root!r})
