@@ -16,17 +16,20 @@ pair are compared, TRL's taken from its own prepared dataset).
         step times from out_dir/metrics.jsonl (batch / examples_per_second: collate + step + update);
   TRL:  trl.DPOTrainer in a child of this script (--trl-child), ref_model=None (TRL loads a second copy),
         step times from a TrainerCallback (on_step_begin .. on_step_end; the batch is fetched before).
-Same pairs, batch, steps, RMSprop lr 1e-6, sigmoid loss beta 0.1, fp32, 2 threads (OMP/MKL_NUM_THREADS=2,
-torch.set_num_threads(2)); TRL's other options are its defaults and printed (gradient_checkpointing=True is
-one; --trl-no-gradient-checkpointing turns it off). --trl-thp runs TRL with PyTorch's 2 MiB pages for large
-CPU tensors (THP_MEM_ALLOC_ENABLE=1); to give ours the same, export it before running this script. The first --warmup steps are dropped; a run's step time
+Same pairs, batch, steps, RMSprop lr 1e-6, sigmoid loss beta 0.1, fp32 (--bf16: bf16 autocast on both sides,
+fp32 weights), 2 threads (OMP/MKL_NUM_THREADS=2, torch.set_num_threads(2)); TRL's other options are its
+defaults and printed (gradient_checkpointing=True is one; --trl-no-gradient-checkpointing turns it off).
+--trl-thp runs TRL with PyTorch's 2 MiB pages for large CPU tensors (THP_MEM_ALLOC_ENABLE=1); to give ours
+the same, export it before running this script. The first --warmup steps are dropped; a run's step time
 is the median of the rest. Peak RSS: ru_maxrss of each child process from os.wait4, the same for both.
 
 Tokens, counted alike for both sides (as TRL counts them): per pair the non-pad tokens of prompt+chosen plus
 prompt+rejected (the prompt twice, EOS included); tokens per step = mean over the pairs x batch (the sides
 may order the pairs differently); tokens/s = that / the median step time.
-Limit: this CPU's fp32 GFLOP/s on a 2048x2048 matmul (2 threads, best of 5), measured in the parent
-just before each run (each round: before ours and before TRL).
+Limit: this CPU's fp32 (--bf16: bf16) GFLOP/s on a 2048x2048 matmul (2 threads, best of 5), measured in the
+parent just before each run (each round: before ours and before TRL).
+State floor: the peak RSS of a child that holds only torch, the policy and the reference, the gradients,
+RMSprop's state and the temporary of its update (no batch); what each side needs above it is printed.
 FLOPs a step needs = sum over its pairs of 8*N_body*(P + C + R) + 8*V*d*(C + R)
 (P, C, R: prompt, chosen, rejected tokens; N_body: the blocks' parameters, embeddings and head excluded;
 6x policy forward+backward + 2x reference forward; each prompt once; the head on response positions only).
@@ -125,12 +128,13 @@ def step_tokens_and_flops(counts: list[tuple], batch: int, n_body: int) -> tuple
     return tokens, flops
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of an n x n matmul on 2 threads: the best of `repeats` after one warm-up (other jobs only
-    ever slow it down, so the best is the closest to what the cores can do)."""
+def matmul_gflops(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 (or bf16) GFLOP/s of an n x n matmul on 2 threads: the best of `repeats` after one warm-up (other
+    jobs only ever slow it down, so the best is the closest to what the cores can do)."""
     import torch
     torch.set_num_threads(2)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -165,7 +169,8 @@ def run_ours(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[l
         "loss": {"name": "sigmoid", "beta": 0.1},
         "train": {"out_dir": str(out_dir), "seed": 0, "batch_size": args.batch, "micro_batch_size": args.batch,
                   "max_examples": args.batch * n_steps, "optimizer": "rmsprop", "lr": 1e-6, "warmup_steps": 0,
-                  "sample_every": 0, "sample_reward": "", "sample_prompts": 0, "log_every": 1, "device": "cpu"},
+                  "sample_every": 0, "sample_reward": "", "sample_prompts": 0, "log_every": 1, "device": "cpu",
+                  "mixed_precision": "bf16" if args.bf16 else "none"},
         "wandb": {"mode": "disabled"}}
     yaml_path = work / "ours.yaml"
     yaml_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
@@ -179,7 +184,8 @@ def run_trl(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[li
     result = work / "trl.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-child", str(model), str(data), str(result),
            "--batch", str(args.batch), "--steps", str(n_steps)] + (["--trl-no-gradient-checkpointing"]
-                                                                    if args.trl_no_gradient_checkpointing else [])
+                                                                    if args.trl_no_gradient_checkpointing else []) \
+        + (["--bf16"] if args.bf16 else [])
     rss = spawn(cmd, work / "trl.log", {"THP_MEM_ALLOC_ENABLE": "1"} if args.trl_thp else None)
     out = json.loads(result.read_text())
     return out["step_times"], rss, out
@@ -207,7 +213,7 @@ def trl_child(args) -> None:
         output_dir=str(data.parent / "trl_out"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.steps, learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0, optim="rmsprop",
         beta=0.1, loss_type=["sigmoid"], logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, fp16=False, max_length=MAX_LENGTH, precompute_ref_log_probs=False, dataloader_num_workers=0,
+        bf16=args.bf16, fp16=False, max_length=MAX_LENGTH, precompute_ref_log_probs=False, dataloader_num_workers=0,
         gradient_checkpointing=not args.trl_no_gradient_checkpointing, seed=0)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(pairs),
                          callbacks=[StepTimer()])
@@ -275,7 +281,7 @@ def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: i
     rows = {"ours": [], "trl": []}
     for rnd in range(1, args.rounds + 1):
         for side in ("ours",) if args.ours_only else ("ours", "trl"):
-            gflops = matmul_gflops()  # just before each run: it moves with the other jobs' load
+            gflops = matmul_gflops(args.bf16)  # just before each run: it moves with the other jobs' load
             if side == "ours":
                 times, rss = run_ours(work, model, data, args, n_steps)
             else:
@@ -320,6 +326,8 @@ def main():
                    help="run TRL with THP_MEM_ALLOC_ENABLE=1 (2 MiB pages for large CPU tensors)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for our side's config, e.g. train.activation_checkpointing=true")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (train.mixed_precision=bf16, "
+                   "TRL's bf16=True), fp32 weights; the limit is then the bf16 matmul's")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                    help="TRL without its default gradient_checkpointing=True")
     p.add_argument("--trl-child", nargs=3, metavar=("MODEL", "PAIRS", "RESULT"), help=argparse.SUPPRESS)

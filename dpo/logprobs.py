@@ -142,17 +142,20 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
                 h = hidden_rows[i:i + n].to(dtype)
                 p, total = kept if kept is not None else (_probs_(F.linear(h, w, b).float(), lse[i:i + n]), None)
                 g = _grad_from_probs_(p, targets[i:i + n], grad_logps[i:i + n].float(), total)
+                if need_b:
+                    grad_bias.add_(g.sum(0))
+                # the matmuls read g in the projection's dtype; a bf16/fp16 copy frees the fp32 one before they run
+                p = kept = None
+                g = g.to(dtype)
                 if need_h:
-                    grad_hidden[i:i + n] = (g.to(dtype) @ w).to(hidden_rows.dtype)
+                    grad_hidden[i:i + n] = (g @ w).to(hidden_rows.dtype)
                 if need_w:
                     if grad_weight is None:
-                        grad_weight = g.T @ h if dtype == torch.float32 else (g.to(dtype).T @ h).float()
+                        grad_weight = (g.T @ h).float()
                     elif dtype == torch.float32:
                         grad_weight.addmm_(g.T, h)
                     else:
-                        grad_weight.add_(g.to(dtype).T @ h)
-                if need_b:
-                    grad_bias.add_(g.sum(0))
+                        grad_weight.add_(g.T @ h)
         if need_w:
             grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.to(weight.dtype)
         if need_b:
