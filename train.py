@@ -8,8 +8,9 @@ DDP or FSDP2.
 
 One DPO step, as the loop in `train` runs it:
     for each micro-batch of this rank's share of the global batch:
-        policy log-probs of chosen + rejected, one forward over the concatenated batch   (preference_step)
-        reference log-probs of the same, without gradients (or from the precomputed cache)
+        reference log-probs of chosen and rejected, without gradients (or from the precomputed cache)
+        policy log-probs of the same, one forward over each pair's [prompt | chosen | rejected], the
+        prompt computed once (or over the chosen rows and the rejected rows, padded)    (preference_step)
         loss = mean over pairs of −log σ(β·[(π_w − ref_w) − (π_l − ref_l)])           (dpo.losses)
         (loss · micro / per-rank batch).backward()   — gradients all-reduced on the last micro-batch only
     clip the gradient norm, optimizer step, learning-rate schedule step.
