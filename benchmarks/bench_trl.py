@@ -2,9 +2,10 @@
 
     python benchmarks/bench_trl.py --shape both --rounds 3          # IMDB- and TL;DR-shaped pairs
     python benchmarks/bench_trl.py --shape imdb --ours-only         # a quick look at our side alone
+    python benchmarks/bench_trl.py --shape tldr --device cuda --bf16 --model-shape gpt2-large   # on a GPU
 
-What runs. One random-init GPT-2-shaped model (6 layers x 384, the real 50,257-token GPT-2 vocabulary and
-tokenizer, fp32, seed 0) saved as a Hugging Face folder that both sides load; real-text pairs of two shapes
+What runs. One random-init GPT-2-shaped model (--model-shape, by default 6 layers x 384; the real 50,257-token
+GPT-2 vocabulary and tokenizer, fp32, seed 0) saved as a Hugging Face folder that both sides load; real-text pairs of two shapes
 from `--data` (a dev folder, default ../shared/data: aclImdb-mini, tldr-mini, gpt2):
   imdb: prompt = the first 2-8 words of a review, chosen = its next 40 words, rejected = words of a review of
         the other label at the same place (short prompt, ~40-word responses);
@@ -21,14 +22,15 @@ fp32 weights), 2 threads (OMP/MKL_NUM_THREADS=2, torch.set_num_threads(2)); TRL'
 defaults and printed (gradient_checkpointing=True is one; --trl-no-gradient-checkpointing turns it off).
 --trl-thp runs TRL with PyTorch's 2 MiB pages for large CPU tensors (THP_MEM_ALLOC_ENABLE=1); to give ours
 the same, export it before running this script. The first --warmup steps are dropped; a run's step time
-is the median of the rest. Peak RSS: ru_maxrss of each child process from os.wait4, the same for both.
+is the median of the rest. Peak RSS: ru_maxrss of each child process from os.wait4, the same for both; with
+--device cuda, each side's torch.cuda.max_memory_allocated instead (ours from its metrics.jsonl).
 
 Tokens, counted alike for both sides (as TRL counts them): per pair the non-pad tokens of prompt+chosen plus
 prompt+rejected (the prompt twice, EOS included); tokens per step = mean over the pairs x batch (the sides
 may order the pairs differently); tokens/s = that / the median step time.
-Limit: this CPU's fp32 (--bf16: bf16) GFLOP/s on a 2048x2048 matmul (2 threads, best of 5), measured in the
-parent just before each run (each round: before ours and before TRL).
-State floor: the peak RSS of a child that holds only torch, the policy and the reference, the gradients,
+Limit: this CPU's fp32 (--bf16: bf16) GFLOP/s on a 2048x2048 matmul (2 threads, best of 5; on a GPU 8192x8192),
+measured in the parent just before each run (each round: before ours and before TRL).
+State floor (CPU): the peak RSS of a child that holds only torch, the policy and the reference, the gradients,
 RMSprop's state and the temporary of its update (no batch); what each side needs above it is printed.
 FLOPs a step needs = sum over its pairs of 8*N_body*(P + C + R) + 8*V*d*(C + R)
 (P, C, R: prompt, chosen, rejected tokens; N_body: the blocks' parameters, embeddings and head excluded;
@@ -55,7 +57,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "DPO_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
-SHAPE = dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, n_positions=1024)
+GPT2_VOCAB = dict(vocab_size=50257, n_positions=1024)
+
+
+def model_shape(args) -> dict:
+    """--model-shape (a shape of benchmarks/bench_train.py) with GPT-2's vocabulary and context."""
+    from bench_train import SHAPES
+    return {**SHAPES[args.model_shape], **GPT2_VOCAB}
+
+
+def memory_name(args) -> str:
+    return "peak GPU memory" if args.device == "cuda" else "peak RSS"
 RESPONSE_WORDS, MAX_LENGTH = 40, 1024
 
 
@@ -97,12 +109,12 @@ def tldr_pairs(path: Path, n: int, seed: int = 0) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- model and tokens
 
-def build_model(folder: Path, gpt2: Path) -> int:
+def build_model(folder: Path, gpt2: Path, shape: dict) -> int:
     """The shared random-init model + the real GPT-2 tokenizer, in HF layout; returns N_body."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
     torch.manual_seed(0)
-    config = GPT2Config(**SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
     model = GPT2LMHeadModel(config)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer = GPT2TokenizerFast.from_pretrained(gpt2)  # a local folder: vocab.json + merges.txt
@@ -120,26 +132,28 @@ def our_counts(folder: Path, pairs: list[dict]) -> list[tuple]:
     return [(len(e["prompt"]), len(e["chosen"]), len(e["rejected"])) for e in ids]
 
 
-def step_tokens_and_flops(counts: list[tuple], batch: int, n_body: int) -> tuple[float, float]:
+def step_tokens_and_flops(counts: list[tuple], batch: int, n_body: int, shape: dict) -> tuple[float, float]:
     """Mean tokens per step (prompt twice, as TRL counts) and mean FLOPs a step needs (prompt once)."""
-    d, vocab = SHAPE["n_embd"], SHAPE["vocab_size"]
+    d, vocab = shape["n_embd"], shape["vocab_size"]
     tokens = statistics.fmean(2 * p + c + r for p, c, r in counts) * batch
     flops = statistics.fmean(8 * n_body * (p + c + r) + 8 * vocab * d * (c + r) for p, c, r in counts) * batch
     return tokens, flops
 
 
-def matmul_gflops(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
-    """fp32 (or bf16) GFLOP/s of an n x n matmul on 2 threads: the best of `repeats` after one warm-up (other
-    jobs only ever slow it down, so the best is the closest to what the cores can do)."""
+def matmul_gflops(bf16: bool, device: str, repeats: int = 5) -> float:
+    """fp32 (or bf16) GFLOP/s of an n x n matmul (2,048 on 2 CPU threads, 8,192 on a GPU): the best of `repeats`
+    after one warm-up (other jobs only ever slow it down, so the best is the closest to what the device can do)."""
     import torch
     torch.set_num_threads(2)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n, dtype = 2048 if device == "cpu" else 8192, torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        torch.cuda.synchronize() if device == "cuda" else None
         start = time.perf_counter()
         a @ b
+        torch.cuda.synchronize() if device == "cuda" else None
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / min(times) / 1e9
 
@@ -159,7 +173,7 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None) -> int:
     return usage.ru_maxrss
 
 
-def run_ours(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[list[float], int]:
+def run_ours(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[list[float], float]:
     out_dir = work / "ours"
     shutil.rmtree(out_dir, ignore_errors=True)
     config = {
@@ -169,7 +183,7 @@ def run_ours(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[l
         "loss": {"name": "sigmoid", "beta": 0.1},
         "train": {"out_dir": str(out_dir), "seed": 0, "batch_size": args.batch, "micro_batch_size": args.batch,
                   "max_examples": args.batch * n_steps, "optimizer": "rmsprop", "lr": 1e-6, "warmup_steps": 0,
-                  "sample_every": 0, "sample_reward": "", "sample_prompts": 0, "log_every": 1, "device": "cpu",
+                  "sample_every": 0, "sample_reward": "", "sample_prompts": 0, "log_every": 1, "device": args.device,
                   "mixed_precision": "bf16" if args.bf16 else "none"},
         "wandb": {"mode": "disabled"}}
     yaml_path = work / "ours.yaml"
@@ -177,18 +191,20 @@ def run_ours(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[l
     rss = spawn([sys.executable, "train.py", "--config", str(yaml_path), *args.ours], work / "ours.log")
     lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     times = [args.batch / m["examples_per_second"] for m in lines if "examples_per_second" in m]
-    return times, rss
+    if args.device == "cuda":  # train.py logs torch.cuda.max_memory_allocated as peak_memory_gb (GiB)
+        return times, max(m["peak_memory_gb"] for m in lines if "peak_memory_gb" in m) * 1024
+    return times, rss / 1024
 
 
-def run_trl(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[list[float], int, dict]:
+def run_trl(work: Path, model: Path, data: Path, args, n_steps: int) -> tuple[list[float], float, dict]:
     result = work / "trl.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-child", str(model), str(data), str(result),
            "--batch", str(args.batch), "--steps", str(n_steps)] + (["--trl-no-gradient-checkpointing"]
                                                                     if args.trl_no_gradient_checkpointing else []) \
-        + (["--bf16"] if args.bf16 else [])
+        + (["--bf16"] if args.bf16 else []) + ["--device", args.device]
     rss = spawn(cmd, work / "trl.log", {"THP_MEM_ALLOC_ENABLE": "1"} if args.trl_thp else None)
     out = json.loads(result.read_text())
-    return out["step_times"], rss, out
+    return out["step_times"], out["peak_gpu_mib"] if args.device == "cuda" else rss / 1024, out
 
 
 def trl_child(args) -> None:
@@ -212,7 +228,8 @@ def trl_child(args) -> None:
     config = DPOConfig(
         output_dir=str(data.parent / "trl_out"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.steps, learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0, optim="rmsprop",
-        beta=0.1, loss_type=["sigmoid"], logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+        beta=0.1, loss_type=["sigmoid"], logging_steps=1, report_to="none", save_strategy="no",
+        use_cpu=args.device == "cpu",
         bf16=args.bf16, fp16=False, max_length=MAX_LENGTH, precompute_ref_log_probs=False, dataloader_num_workers=0,
         gradient_checkpointing=not args.trl_no_gradient_checkpointing, seed=0)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(pairs),
@@ -226,7 +243,9 @@ def trl_child(args) -> None:
     options["optimizer"] = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                                 else trainer.optimizer).__name__
     options["ref_model"] = "a second load of the model (ref_model=None)" if trainer.ref_model is not None else "none"
-    result.write_text(json.dumps({"step_times": times, "counts": counts, "options": options}, default=str))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
+    result.write_text(json.dumps({"step_times": times, "counts": counts, "options": options, "peak_gpu_mib": peak},
+                                 default=str))
 
 
 def state_floor_child(model: str) -> None:
@@ -237,7 +256,9 @@ def state_floor_child(model: str) -> None:
     from dpo.interop.hf_checkpoint import load_pretrained
     torch.set_num_threads(2)
     policy = load_pretrained(model, dtype=torch.float32, device="cpu")
-    load_pretrained(model, dtype=torch.float32, device="cpu").requires_grad_(False)  # the reference
+    reference = load_pretrained(model, dtype=torch.float32, device="cpu").requires_grad_(False)
+    for p in reference.parameters():  # read every weight once, as a forward does: resident from here on
+        p.sum()
     optimizer = torch.optim.RMSprop(policy.parameters(), lr=1e-6)
     for p in policy.parameters():
         p.grad = torch.ones_like(p)
@@ -246,15 +267,16 @@ def state_floor_child(model: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the benchmark
 
-def describe(side: str, rnd: int, times: list[float], rss_kib: int, need: tuple, gflops: float, warmup: int) -> dict:
+def describe(side: str, rnd: int, times: list[float], memory_mib: float, need: tuple, gflops: float, warmup: int,
+             memory_name: str) -> dict:
     tokens, flops = need
     timed = times[warmup:]
     if not timed:
         sys.exit(f"{side}: {len(times)} step times, none left after {warmup} warm-up steps")
     step = statistics.median(timed)
-    row = {"tps": tokens / step, "rss": rss_kib / 1024, "limit": flops / step / (gflops * 1e9), "step": step}
+    row = {"tps": tokens / step, "rss": memory_mib, "limit": flops / step / (gflops * 1e9), "step": step}
     print(f"  {side:4s} round {rnd}: step {step * 1000:6.0f} ms (median of {len(timed)}) | {row['tps']:5.0f} tokens/s"
-          f" | peak RSS {row['rss']:5.0f} MiB | matmul {gflops:3.0f} GFLOP/s, limit "
+          f" | {memory_name} {row['rss']:5.0f} MiB | matmul {gflops:3.0f} GFLOP/s, limit "
           f"{tokens / flops * gflops * 1e9:4.0f} tokens/s: {row['limit']:5.1%} of it", flush=True)
     return row
 
@@ -267,12 +289,13 @@ def check_trl_counts(out: dict, counts: list[tuple]) -> None:
     print("  TRL options: " + ", ".join(f"{k}={v}" for k, v in out["options"].items()))
 
 
-def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: int, floor: float, args) -> None:
+def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: int, floor: float | None,
+                args) -> None:
     n_steps = args.warmup + args.steps
     data = work / f"{name}.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     counts = our_counts(model, pairs)
-    need = step_tokens_and_flops(counts, args.batch, n_body)
+    need = step_tokens_and_flops(counts, args.batch, n_body, model_shape(args))
     p, c, r = counts[0]
     print(f"\n{name}: {len(pairs)} pairs, batch {args.batch}, {n_steps} steps ({args.warmup} warm-up); "
           f"{need[0]:.0f} tokens per step (mean {need[0] / args.batch:.1f} per pair), {need[1] / 1e9:.1f} GFLOP "
@@ -281,33 +304,34 @@ def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: i
     rows = {"ours": [], "trl": []}
     for rnd in range(1, args.rounds + 1):
         for side in ("ours",) if args.ours_only else ("ours", "trl"):
-            gflops = matmul_gflops(args.bf16)  # just before each run: it moves with the other jobs' load
+            gflops = matmul_gflops(args.bf16, args.device)  # just before each run: it moves with the other jobs' load
             if side == "ours":
                 times, rss = run_ours(work, model, data, args, n_steps)
             else:
                 times, rss, out = run_trl(work, model, data, args, n_steps)
                 if rnd == 1:
                     check_trl_counts(out, counts)
-            rows[side].append(describe(side, rnd, times, rss, need, gflops, args.warmup))
-    summarize(name, rows, floor)
+            rows[side].append(describe(side, rnd, times, rss, need, gflops, args.warmup, memory_name(args)))
+    summarize(name, rows, floor, memory_name(args))
 
 
-def summarize(name: str, rows: dict, floor: float) -> None:
+def summarize(name: str, rows: dict, floor: float | None, memory: str) -> None:
     ours, trl = rows["ours"], rows["trl"]
     med = lambda rs, k: statistics.median(x[k] for x in rs)  # noqa: E731
-    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, peak RSS {med(ours, 'rss'):.0f} MiB "
-          f"({med(ours, 'rss') - floor:.0f} above the state floor), {med(ours, 'limit'):.1%} of the limit", end="")
+    above = lambda x: f" ({x - floor:.0f} above the state floor)" if floor is not None else ""  # noqa: E731
+    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, {memory} {med(ours, 'rss'):.0f} MiB"
+          f"{above(med(ours, 'rss'))}, {med(ours, 'limit'):.1%} of the limit", end="")
     if not trl:
         print()
         return
     ratios = [o["tps"] / t["tps"] for o, t in zip(ours, trl)]
     rss_ratios = [o["rss"] / t["rss"] for o, t in zip(ours, trl)]
-    print(f"; TRL {med(trl, 'tps'):.0f} tokens/s, peak RSS {med(trl, 'rss'):.0f} MiB, {med(trl, 'limit'):.1%} "
-          f"of the limit\n  => ours / TRL tokens/s {statistics.median(ratios):.2f}x (per round "
+    print(f"; TRL {med(trl, 'tps'):.0f} tokens/s, {memory} {med(trl, 'rss'):.0f} MiB{above(med(trl, 'rss'))}, "
+          f"{med(trl, 'limit'):.1%} of the limit\n  => ours / TRL tokens/s {statistics.median(ratios):.2f}x (per round "
           f"{', '.join(f'{x:.2f}' for x in ratios)}; range {min(ratios):.2f}-{max(ratios):.2f}x), "
-          f"peak RSS {statistics.median(rss_ratios):.2f}x (range {min(rss_ratios):.2f}-{max(rss_ratios):.2f}x); "
-          f"above the state floor: ours {med(ours, 'rss') - floor:.0f} MiB, TRL {med(trl, 'rss') - floor:.0f} MiB, "
-          f"{(med(ours, 'rss') - floor) / (med(trl, 'rss') - floor):.2f}x")
+          f"{memory} {statistics.median(rss_ratios):.2f}x (range {min(rss_ratios):.2f}-{max(rss_ratios):.2f}x)"
+          + (f"; above the state floor {(med(ours, 'rss') - floor) / (med(trl, 'rss') - floor):.2f}x"
+             if floor is not None else ""))
 
 
 def main():
@@ -326,6 +350,10 @@ def main():
                    help="run TRL with THP_MEM_ALLOC_ENABLE=1 (2 MiB pages for large CPU tensors)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for our side's config, e.g. train.activation_checkpointing=true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: both sides on the GPU; memory is then each side's torch.cuda.max_memory_allocated")
+    p.add_argument("--model-shape", default="small", choices=["small", "gpt2", "gpt2-medium", "gpt2-large"],
+                   help="the random-init model's shape (benchmarks/bench_train.py's shapes, GPT-2's vocabulary)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (train.mixed_precision=bf16, "
                    "TRL's bf16=True), fp32 weights; the limit is then the bf16 matmul's")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
@@ -345,14 +373,17 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
     try:
         model = work / "model"
-        n_body = build_model(model, args.data / "gpt2")
-        print(f"model: GPT-2 shape {SHAPE}, N_body {n_body / 1e6:.2f}M, fp32, random init (seed 0), in {model}")
+        n_body = build_model(model, args.data / "gpt2", model_shape(args))
+        print(f"model: GPT-2 shape {model_shape(args)}, N_body {n_body / 1e6:.2f}M, fp32 weights, random init "
+              f"(seed 0), in {model}; device {args.device}{', bf16 autocast' if args.bf16 else ''}")
         print("tokens per step = mean over the pairs of (2*prompt + chosen + rejected, EOS included) x batch; "
               "tokens/s = that / median step time")
-        floor = spawn([sys.executable, str(Path(__file__).resolve()), "--floor-child", str(model)],
-                      work / "floor.log") / 1024
-        print(f"state floor: {floor:.0f} MiB peak RSS for torch, the policy and the reference, the gradients, "
-              "RMSprop's state and its update, without a batch (the same for both sides)")
+        floor = None
+        if args.device == "cpu":  # (a GPU's memory floor is not measured)
+            floor = spawn([sys.executable, str(Path(__file__).resolve()), "--floor-child", str(model)],
+                          work / "floor.log") / 1024
+            print(f"state floor: {floor:.0f} MiB peak RSS for torch, the policy and the reference, the gradients, "
+                  "RMSprop's state and its update, without a batch (the same for both sides)")
         builders = {"imdb": lambda: imdb_pairs(args.data / "aclImdb-mini", n_pairs),
                     "tldr": lambda: tldr_pairs(args.data / "tldr-mini" / "train.jsonl", n_pairs)}
         for name in ("imdb", "tldr") if args.shape == "both" else (args.shape,):
