@@ -5,8 +5,8 @@
     python benchmarks/bench_trl.py --shape tldr --device cuda --bf16 --model-shape gpt2-large   # on a GPU
 
 What runs. One random-init GPT-2-shaped model (--model-shape, by default 6 layers x 384; the real 50,257-token
-GPT-2 vocabulary and tokenizer, fp32, seed 0) saved as a Hugging Face folder that both sides load; real-text pairs of two shapes
-from `--data` (a dev folder, default ../shared/data: aclImdb-mini, tldr-mini, gpt2):
+GPT-2 vocabulary and tokenizer, fp32, seed 0) saved as a Hugging Face folder that both sides load; real-text
+pairs of two shapes from `--data` (a dev folder, default ../shared/data: aclImdb-mini, tldr-mini, gpt2):
   imdb: prompt = the first 2-8 words of a review, chosen = its next 40 words, rejected = words of a review of
         the other label at the same place (short prompt, ~40-word responses);
   tldr: prompt = a 40-100-word post in the TL;DR SFT format (SUBREDDIT / TITLE / POST / "TL;DR:"),

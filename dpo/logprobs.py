@@ -8,11 +8,11 @@ per-token tensor here is [B, T−1] and lines up with `labels[:, 1:]`.
 
 The logits are never built for the prompt: `chunked_token_logps` takes the final hidden states and the
 output projection and forms logits only for the response rows, as many rows at a time as fit
-LOGITS_MEMORY_BUDGET bytes of fp32. When the batch's response rows fit the budget, the softmax from the
-forward is kept for the backward; when they do not, forward keeps one logsumexp per row and backward
-recomputes the logits chunk by chunk. That is where DPO's memory goes on small and medium models
-(batch × length × vocab × 4 bytes, twice with the gradient); the values and gradients equal those of
-log_softmax(lm_head(hidden)).gather(labels).
+LOGITS_MEMORY_BUDGET bytes of fp32. The softmax of as many rows as fit the budget is kept from the forward
+for the backward (all of them when the batch's response rows fit); for the other rows forward keeps one
+logsumexp each and backward recomputes their logits chunk by chunk. That is where DPO's memory goes on small
+and medium models (batch × length × vocab × 4 bytes, twice with the gradient); the values and gradients equal
+those of log_softmax(lm_head(hidden)).gather(labels).
 
 Everything is returned in fp32 whatever the model's dtype: sums of hundreds of bf16 log-probs lose the
 small differences between chosen and rejected that the loss is made of. The per-token tensors also feed
@@ -89,19 +89,30 @@ def rows_per_chunk(vocab_size: int, memory_budget: int) -> int:
     return max(1, memory_budget // (4 * vocab_size))
 
 
+def chunk_bounds(M: int, n: int, with_grad: bool) -> tuple[list[int], int]:
+    """(row boundaries of the logits chunks, rows whose softmax is kept for backward) for M rows, n of which fit
+    the budget. Without a gradient: chunks of n, none kept. With one: all M kept if they fit; else the first
+    n − n/4 are kept and the rest go in chunks of n/4, recomputed in backward: the kept rows and one
+    recomputed chunk fit the budget together."""
+    if not with_grad or M <= n:
+        return [*range(0, M, n), M] if M else [0], M if with_grad else 0
+    step = max(1, n // 4)
+    return [0, *range(n - step, M, step), M] if n > step else [*range(0, M, step), M], n - step
+
+
 class _TokenLogpsFromHidden(torch.autograd.Function):
     """(hidden_rows [M, C], weight [V, C], bias [V] | None, targets [M]) -> (logps [M], log Σ p² [M] | empty).
 
-    Logits z = hidden_rows @ weight.T + bias are formed as many rows at a time as fit `memory_budget` bytes
-    of fp32 and kept only as a logsumexp per row. Backward needs softmax z again: when all M rows fit the
-    budget and a gradient is wanted, forward keeps exp(z − max z) [M, V] and its row sums (one matmul less);
-    otherwise backward recomputes the probabilities chunk by chunk. Each chunk's gradient g·(onehot − softmax z)
-    is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
+    Logits z = hidden_rows @ weight.T + bias are formed in chunks that fit `memory_budget` bytes of fp32
+    (`chunk_bounds`) and kept only as a logsumexp per row. Backward needs softmax z again: when a gradient is
+    wanted, forward keeps exp(z − max z) and its row sums for the first chunk, as many rows as fit the budget
+    (all M when they fit; one matmul less for them), and backward recomputes the other chunks. Each chunk's
+    gradient g·(onehot − softmax z) is multiplied out into grad_hidden, grad_weight and grad_bias at once."""
 
     @staticmethod
     def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype):
-        M, n = hidden_rows.shape[0], rows_per_chunk(weight.shape[0], memory_budget)
-        keep_probs = any(ctx.needs_input_grad[:3]) and M <= n  # (without grad, ctx and what it keeps go at once)
+        M, with_grad = hidden_rows.shape[0], any(ctx.needs_input_grad[:3])  # (without: ctx and its keep go at once)
+        bounds, kept_rows = chunk_bounds(M, rows_per_chunk(weight.shape[0], memory_budget), with_grad)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         logps = torch.zeros(M, dtype=torch.float32, device=hidden_rows.device)
@@ -109,26 +120,26 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
         log_sum_sq = torch.zeros_like(logps) if with_log_sum_sq else logps.new_empty(0)
         ctx.probs = None
         with torch.autocast(hidden_rows.device.type, enabled=False):
-            for i in range(0, M, n):
-                z = F.linear(hidden_rows[i:i + n].to(dtype), w, b).float()
-                target_logits = z.gather(1, targets[i:i + n, None]).squeeze(1)
+            for i, j in zip(bounds, bounds[1:]):
+                z = F.linear(hidden_rows[i:j].to(dtype), w, b).float()
+                target_logits = z.gather(1, targets[i:j, None]).squeeze(1)
                 top, total = _exp_shifted_(z)
-                lse[i:i + n] = (top + total.log()).squeeze(1)
-                logps[i:i + n] = target_logits - lse[i:i + n]
+                lse[i:j] = (top + total.log()).squeeze(1)
+                logps[i:j] = target_logits - lse[i:j]
                 if with_log_sum_sq:  # log Σ p² = 2 log ‖exp(z − max)‖ − 2 log Σ exp(z − max)
-                    log_sum_sq[i:i + n] = 2 * (torch.linalg.vector_norm(z, dim=1) / total.squeeze(1)).log()
-                if keep_probs:  # (normalised in backward, in the pass that scales them)
+                    log_sum_sq[i:j] = 2 * (torch.linalg.vector_norm(z, dim=1) / total.squeeze(1)).log()
+                if i == 0 and kept_rows:  # (normalised in backward, in the pass that scales them)
                     ctx.probs = (z, total)
         ctx.save_for_backward(hidden_rows, weight, bias, targets, lse)
-        ctx.rows, ctx.dtype = n, dtype
+        ctx.bounds, ctx.dtype = bounds, dtype
         ctx.mark_non_differentiable(log_sum_sq)
         return logps, log_sum_sq
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_log_sum_sq):
         hidden_rows, weight, bias, targets, lse = ctx.saved_tensors
-        dtype, n = ctx.dtype, ctx.rows
-        kept, ctx.probs = ctx.probs, None  # used up in place below (a second backward recomputes them)
+        dtype, bounds = ctx.dtype, ctx.bounds
+        kept, ctx.probs = ctx.probs, None  # the first chunk's, used up in place below (a second backward recomputes)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -138,17 +149,17 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
         grad_weight = None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         with torch.autocast(hidden_rows.device.type, enabled=False):
-            for i in range(0, hidden_rows.shape[0], n):
-                h = hidden_rows[i:i + n].to(dtype)
-                p, total = kept if kept is not None else (_probs_(F.linear(h, w, b).float(), lse[i:i + n]), None)
-                g = _grad_from_probs_(p, targets[i:i + n], grad_logps[i:i + n].float(), total)
+            for i, j in zip(bounds, bounds[1:]):
+                h = hidden_rows[i:j].to(dtype)
+                p, total = kept if kept is not None else (_probs_(F.linear(h, w, b).float(), lse[i:j]), None)
+                g = _grad_from_probs_(p, targets[i:j], grad_logps[i:j].float(), total)
                 if need_b:
                     grad_bias.add_(g.sum(0))
                 # the matmuls read g in the projection's dtype; a bf16/fp16 copy frees the fp32 one before they run
                 p = kept = None
                 g = g.to(dtype)
                 if need_h:
-                    grad_hidden[i:i + n] = (g @ w).to(hidden_rows.dtype)
+                    grad_hidden[i:j] = (g @ w).to(hidden_rows.dtype)
                 if need_w:
                     if grad_weight is None:
                         grad_weight = (g.T @ h).float()

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dpo.logprobs import (chunked_token_logps, model_token_logps, response_mask, response_rows, sequence_logps,
-                          sequence_unlikelihood, wpo_weights)
+from dpo.logprobs import (chunk_bounds, chunked_token_logps, model_token_logps, response_mask, response_rows,
+                          sequence_logps, sequence_unlikelihood, wpo_weights)
 from dpo.model import GPT, GPTConfig
 
 
@@ -226,39 +226,58 @@ def test_chunked_path_never_builds_full_logits():
     assert mode.largest == B * T * V  # the plain path holds the full logits and their gradient
 
 
-class _CountOps(TorchDispatchMode):
-    """Counts the calls of some ops (forward and backward)."""
+class _CountProducts(TorchDispatchMode):
+    """Counts the matrix products (mm, addmm, addmm_; forward and backward) and their multiply-adds."""
 
-    def __init__(self, *ops):
+    def __init__(self):
         super().__init__()
-        self.ops, self.count = ops, 0
+        self.count, self.multiply_adds = 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.overloadpacket in self.ops
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            a, b = args[-2:]
+            self.count += 1
+            self.multiply_adds += a.shape[0] * a.shape[1] * b.shape[1]
         return func(*args, **(kwargs or {}))
 
 
 def test_logits_within_the_budget_are_not_recomputed_in_backward():
-    """All response rows fit the budget: forward keeps the softmax, so one product forward and two backward
-    (grad_hidden, grad_weight); one row over the budget: two chunks, each recomputed in backward (2 + 2 × 3).
-    Same values and gradients either way, and a second backward (retain_graph) recomputes what the first
-    used up."""
+    """All M response rows fit the budget: forward keeps the softmax, so one product forward and two backward
+    (grad_hidden, grad_weight), 3·M·V·C multiply-adds. One row over the budget (n = M − 1 rows fit): the first
+    n − n/4 rows keep their softmax and the other rows go in two chunks recomputed in backward (forward 3
+    products, backward 2 + 2 × 3), so only those rows pay a fourth product. Same values and gradients either
+    way, and a second backward (retain_graph) recomputes what the first used up."""
     hidden, weight, bias, labels = make_batch(B=4, T=11, V=17, C=8, seed=3)
-    n_rows = int(response_mask(labels).sum())
+    M, (V, C) = int(response_mask(labels).sum()), weight.shape
+    kept_rows = (M - 1) - max(1, (M - 1) // 4)
     results = {}
-    for rows, products in ((n_rows, 3), (n_rows - 1, 8)):
+    for rows, products, multiply_adds in ((M, 3, 3 * M * V * C), (M - 1, 11, (4 * M - kept_rows) * V * C)):
         h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
-        with _CountOps(torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_) as mode:
+        with _CountProducts() as mode:
             token_logps, _ = chunked_token_logps(h, w, b, labels, memory_budget=rows_budget(rows, w))
             token_logps.sum().backward(retain_graph=True)
-        assert mode.count == products
+        assert (mode.count, mode.multiply_adds) == (products, multiply_adds)
         first = (h.grad.clone(), w.grad.clone(), b.grad.clone())
         token_logps.sum().backward()  # gradients accumulate: twice the first
         for once, twice in zip(first, (h.grad, w.grad, b.grad)):
             torch.testing.assert_close(twice, 2 * once, rtol=0, atol=1e-6)
         results[rows] = (token_logps.detach(), *first)
-    for kept, recomputed in zip(results[n_rows], results[n_rows - 1]):
+    for kept, recomputed in zip(results[M], results[M - 1]):
         torch.testing.assert_close(kept, recomputed, rtol=0, atol=1e-6)
+
+
+def test_chunk_bounds_keep_what_fits_and_recompute_the_rest():
+    """Chunks cover the rows in order; kept rows plus any one recomputed chunk never exceed the n that fit."""
+    assert chunk_bounds(10, 4, with_grad=False) == ([0, 4, 8, 10], 0)
+    assert chunk_bounds(10, 16, with_grad=True) == ([0, 10], 10)
+    assert chunk_bounds(10, 8, with_grad=True) == ([0, 6, 8, 10], 6)
+    assert chunk_bounds(3, 1, with_grad=True) == ([0, 1, 2, 3], 0)
+    assert chunk_bounds(0, 8, with_grad=True) == ([0], 0)
+    for M, n in ((100, 7), (1500, 1304), (5, 2), (64, 64), (65, 64)):
+        bounds, kept = chunk_bounds(M, n, with_grad=True)
+        sizes = [j - i for i, j in zip(bounds, bounds[1:])]
+        assert bounds[0] == 0 and bounds[-1] == M and all(x > 0 for x in sizes)
+        assert kept in (0, sizes[0]) and kept + max(sizes[1:], default=0) <= n
 
 
 def test_rows_without_response_tokens():
