@@ -149,11 +149,12 @@ def matmul_gflops(bf16: bool, device: str, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(repeats):
-        torch.cuda.synchronize() if device == "cuda" else None
+        sync()
         start = time.perf_counter()
         a @ b
-        torch.cuda.synchronize() if device == "cuda" else None
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / min(times) / 1e9
 
@@ -274,9 +275,9 @@ def describe(side: str, rnd: int, times: list[float], memory_mib: float, need: t
     if not timed:
         sys.exit(f"{side}: {len(times)} step times, none left after {warmup} warm-up steps")
     step = statistics.median(timed)
-    row = {"tps": tokens / step, "rss": memory_mib, "limit": flops / step / (gflops * 1e9), "step": step}
+    row = {"tps": tokens / step, "memory": memory_mib, "limit": flops / step / (gflops * 1e9), "step": step}
     print(f"  {side:4s} round {rnd}: step {step * 1000:6.0f} ms (median of {len(timed)}) | {row['tps']:5.0f} tokens/s"
-          f" | {memory_name} {row['rss']:5.0f} MiB | matmul {gflops:3.0f} GFLOP/s, limit "
+          f" | {memory_name} {row['memory']:5.0f} MiB | matmul {gflops:3.0f} GFLOP/s, limit "
           f"{tokens / flops * gflops * 1e9:4.0f} tokens/s: {row['limit']:5.1%} of it", flush=True)
     return row
 
@@ -306,12 +307,12 @@ def bench_shape(name: str, pairs: list[dict], work: Path, model: Path, n_body: i
         for side in ("ours",) if args.ours_only else ("ours", "trl"):
             gflops = matmul_gflops(args.bf16, args.device)  # just before each run: it moves with the other jobs' load
             if side == "ours":
-                times, rss = run_ours(work, model, data, args, n_steps)
+                times, memory = run_ours(work, model, data, args, n_steps)
             else:
-                times, rss, out = run_trl(work, model, data, args, n_steps)
+                times, memory, out = run_trl(work, model, data, args, n_steps)
                 if rnd == 1:
                     check_trl_counts(out, counts)
-            rows[side].append(describe(side, rnd, times, rss, need, gflops, args.warmup, memory_name(args)))
+            rows[side].append(describe(side, rnd, times, memory, need, gflops, args.warmup, memory_name(args)))
     summarize(name, rows, floor, memory_name(args))
 
 
@@ -319,18 +320,18 @@ def summarize(name: str, rows: dict, floor: float | None, memory: str) -> None:
     ours, trl = rows["ours"], rows["trl"]
     med = lambda rs, k: statistics.median(x[k] for x in rs)  # noqa: E731
     above = lambda x: f" ({x - floor:.0f} above the state floor)" if floor is not None else ""  # noqa: E731
-    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, {memory} {med(ours, 'rss'):.0f} MiB"
-          f"{above(med(ours, 'rss'))}, {med(ours, 'limit'):.1%} of the limit", end="")
+    print(f"  summary {name}: ours {med(ours, 'tps'):.0f} tokens/s, {memory} {med(ours, 'memory'):.0f} MiB"
+          f"{above(med(ours, 'memory'))}, {med(ours, 'limit'):.1%} of the limit", end="")
     if not trl:
         print()
         return
     ratios = [o["tps"] / t["tps"] for o, t in zip(ours, trl)]
-    rss_ratios = [o["rss"] / t["rss"] for o, t in zip(ours, trl)]
-    print(f"; TRL {med(trl, 'tps'):.0f} tokens/s, {memory} {med(trl, 'rss'):.0f} MiB{above(med(trl, 'rss'))}, "
+    memory_ratios = [o["memory"] / t["memory"] for o, t in zip(ours, trl)]
+    print(f"; TRL {med(trl, 'tps'):.0f} tokens/s, {memory} {med(trl, 'memory'):.0f} MiB{above(med(trl, 'memory'))}, "
           f"{med(trl, 'limit'):.1%} of the limit\n  => ours / TRL tokens/s {statistics.median(ratios):.2f}x (per round "
           f"{', '.join(f'{x:.2f}' for x in ratios)}; range {min(ratios):.2f}-{max(ratios):.2f}x), "
-          f"{memory} {statistics.median(rss_ratios):.2f}x (range {min(rss_ratios):.2f}-{max(rss_ratios):.2f}x)"
-          + (f"; above the state floor {(med(ours, 'rss') - floor) / (med(trl, 'rss') - floor):.2f}x"
+          f"{memory} {statistics.median(memory_ratios):.2f}x (range {min(memory_ratios):.2f}-{max(memory_ratios):.2f}x)"
+          + (f"; above the state floor {(med(ours, 'memory') - floor) / (med(trl, 'memory') - floor):.2f}x"
              if floor is not None else ""))
 
 
