@@ -6,8 +6,8 @@
 Two ways to get d(Σ response log-probs)/d(hidden, lm_head weight, bias) from final hidden states [B, T, C]:
     naive    the reference code: logits = lm_head(hidden); log_softmax(logits.float()); gather
     chunked  dpo.logprobs.chunked_token_logps(hidden, weight, bias, labels) then sequence_logps: logits
-             of response rows only, as many rows at a time as fit --memory-mb (kept for the backward
-             when they all fit, else recomputed chunk by chunk)
+             of response rows only, as many rows at a time as fit --memory-mb (the softmax of the rows
+             that fit kept for the backward, the other rows' logits recomputed chunk by chunk)
 
 Every position after the first is a response token (the worst case for `chunked`, which skips prompt rows).
 
