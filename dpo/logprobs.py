@@ -111,7 +111,8 @@ class _TokenLogpsFromHidden(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden_rows, weight, bias, targets, memory_budget, with_log_sum_sq, dtype):
-        M, with_grad = hidden_rows.shape[0], any(ctx.needs_input_grad[:3])  # (without: ctx and its keep go at once)
+        # (without a gradient to come, nothing is kept: ctx goes as soon as forward returns)
+        M, with_grad = hidden_rows.shape[0], any(ctx.needs_input_grad[:3])
         bounds, kept_rows = chunk_bounds(M, rows_per_chunk(weight.shape[0], memory_budget), with_grad)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
