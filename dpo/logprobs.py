@@ -95,9 +95,10 @@ def chunk_bounds(M: int, n: int, with_grad: bool) -> tuple[list[int], int]:
     n − n/4 are kept and the rest go in chunks of n/4, recomputed in backward: the kept rows and one
     recomputed chunk fit the budget together."""
     if not with_grad or M <= n:
-        return [*range(0, M, n), M] if M else [0], M if with_grad else 0
+        return [*range(0, M, n), M], M if with_grad else 0
     step = max(1, n // 4)
-    return [0, *range(n - step, M, step), M] if n > step else [*range(0, M, step), M], n - step
+    kept = n - step
+    return ([0] if kept else []) + [*range(kept, M, step), M], kept
 
 
 class _TokenLogpsFromHidden(torch.autograd.Function):
