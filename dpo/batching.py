@@ -279,8 +279,8 @@ def collate_shared(batch: list[dict], pad_id: int, pad_to_multiple_of: int | Non
     causal, the rejected response not seeing the chosen one, a padding position only itself (Σ L² values
     where an [N, N] mask would take N², most of them False); the response tokens scored: gather_rows [M] (the
     positions whose outputs predict them: the last prompt position predicts both first tokens), gather_targets
-    [M], gather_sequence [M] (pair b's chosen is sequence b, its rejected B + b); indices [B]. The log-probs equal, to float tolerance, those of
-    collate_preference's [2B] rows (tested for every model family)."""
+    [M], gather_sequence [M] (pair b's chosen is sequence b, its rejected B + b); indices [B]. The log-probs
+    equal, to float tolerance, those of collate_preference's [2B] rows (tested for every model family)."""
     B, tokens, positions, blocks, flat = len(batch), [], [], [], []
     for b, ex in enumerate(batch):
         p, start = len(ex["prompt_input_ids"]), len(tokens)
