@@ -17,6 +17,14 @@ def randomize_(model, seed=0):
     return model.eval()
 
 
+def tokenized_pair(prompt: list[int], chosen: list[int], rejected: list[int], index: int) -> dict:
+    """A tokenized preference pair as batching.tokenize_dataset gives it (the prompt's labels -100), ready for
+    collate_preference / collate_shared."""
+    return {"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "rejected_input_ids": prompt + rejected,
+            "chosen_labels": [-100] * len(prompt) + chosen, "rejected_labels": [-100] * len(prompt) + rejected,
+            "index": index}
+
+
 class ByteTokenizer:
     """Stand-in for dpo.tokenizer.Tokenizer: ids are UTF-8 bytes, "<|endoftext|>" is the EOS id 256."""
     eos_id = bos_id = 256

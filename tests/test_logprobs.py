@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dpo.logprobs import (chunk_bounds, chunked_token_logps, model_token_logps, response_mask, response_rows,
                           sequence_logps, sequence_unlikelihood, wpo_weights)
 from dpo.model import GPT, GPTConfig
+from helpers import tokenized_pair
 
 
 def reference_code_batch_logps(logits, labels, average_log_prob=False):
@@ -450,10 +451,7 @@ def test_shared_prompt_equals_separate_rows_values_and_gradients(family):
     pairs = []
     for i, (p, c, r) in enumerate([(5, 3, 6), (0, 4, 2), (2, 7, 1), (3, 2, 3)]):
         ids = lambda n: torch.randint(0, 50, (n,), generator=g).tolist()  # noqa: E731
-        prompt, chosen, rejected = ids(p), ids(c), ids(r)
-        pairs.append({"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "index": i,
-                      "chosen_labels": [-100] * p + chosen, "rejected_input_ids": prompt + rejected,
-                      "rejected_labels": [-100] * p + rejected})
+        pairs.append(tokenized_pair(ids(p), ids(c), ids(r), i))
     coef = torch.randn(8, generator=g, dtype=torch.float64)
     results = []
     for collate in (batching.collate_preference, batching.collate_shared):

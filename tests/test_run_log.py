@@ -6,6 +6,7 @@ from dpo.model import GPT, GPTConfig
 from dpo.reference_cache import ReferenceLogps
 from dpo.reward_model import RewardModel
 from dpo.run_log import batch_flops, step_flops
+from helpers import tokenized_pair
 
 CFG = GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, max_seq_len=64)
 BODY = 2 * (3 * 16 * 16 + 3 * 16 + 16 * 16 + 16 + 16 * 64 + 64 + 64 * 16 + 16 + 4 * 16) + 2 * 16  # blocks + final norm
@@ -14,11 +15,7 @@ HEAD, ATTENTION = 50 * 16, 4 * 2 * 2 * 8  # V·C; 4·L·H·D per token and key
 
 def pairs():
     """Two pairs: prompts of 3 and 2 tokens, responses of 2 + 3 and 4 + 1 tokens."""
-    def pair(prompt, chosen, rejected, index):
-        return {"prompt_input_ids": prompt, "chosen_input_ids": prompt + chosen, "rejected_input_ids": prompt + rejected,
-                "chosen_labels": [-100] * len(prompt) + chosen, "rejected_labels": [-100] * len(prompt) + rejected,
-                "index": index}
-    return [pair([1, 2, 3], [4, 5], [6, 7, 8], 0), pair([9, 10], [11, 12, 13, 14], [15], 1)]
+    return [tokenized_pair([1, 2, 3], [4, 5], [6, 7, 8], 0), tokenized_pair([9, 10], [11, 12, 13, 14], [15], 1)]
 
 
 def test_the_body_on_real_tokens_and_the_head_on_scored_positions():
