@@ -6,11 +6,15 @@ main() is wrapped by `entry_point`: a UserError or an OSError (a path that is a 
 a full disk) is printed as `error: ...` on stderr, one line per problem (prefixed `rank N:` under torchrun),
 with exit status 1; anything else is a bug and keeps its traceback. DPO_TRACEBACK=1 shows user errors'
 tracebacks too. Under torchrun a failure on one rank is reported by that rank alone; the others stop with
-PeerFailed and say only that (`rank 0: stopped: rank 1 failed`; dpo.distributed.fail_together).
+PeerFailed and say only that (`rank 0: stopped: rank 1 failed`; dpo.distributed.fail_together). SIGTERM,
+which torchrun sends to the other ranks as soon as one fails (and a scheduler sends when it cancels a job),
+also ends a command with one `stopped:` line, exit status 143, after its `finally` blocks have run.
 """
 import functools
 import os
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -22,6 +26,17 @@ class PeerFailed(UserError):
     """Another torchrun rank failed and reported why; this one only says that it stops."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so that no `except Exception` handles it as a
+    failure of the work it interrupts."""
+
+
+def _raise_terminated(signum, frame):
+    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    raise Terminated("terminated (SIGTERM)" + (": torchrun stops every rank once one fails (its error is above), "
+                                               "or the job was cancelled" if several else ""))
+
+
 def error_lines(e: BaseException) -> str:
     """`error: <problem>` per line of the message, `rank N: ` first when this is one of several torchrun
     processes."""
@@ -30,17 +45,24 @@ def error_lines(e: BaseException) -> str:
 
 
 def entry_point(main):
-    """Wrap a command's main(argv) -> int so that user errors end it with one line and exit status 1."""
+    """Wrap a command's main(argv) -> int so that user errors end it with one line and exit status 1, and
+    SIGTERM with one line and exit status 143 (128 + the signal's number, as the shell reports it)."""
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
+        in_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
             return main(argv)
-        except (UserError, OSError) as e:
+        except (UserError, OSError, Terminated) as e:
             if os.environ.get("DPO_TRACEBACK") == "1":
                 raise
-            if isinstance(e, PeerFailed):  # not this rank's error: say only why it stops
-                print(f"rank {os.environ.get('RANK', 0)}: stopped: {e}", file=sys.stderr, flush=True)
+            if isinstance(e, (PeerFailed, Terminated)):  # not this rank's error: say only why it stops
+                rank = f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+                print(f"{rank}stopped: {e}", file=sys.stderr, flush=True)
             else:
                 print(error_lines(e), file=sys.stderr, flush=True)
-            return 1
+            return 128 + signal.SIGTERM if isinstance(e, Terminated) else 1
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return wrapper
