@@ -58,7 +58,7 @@ def save_hf(model, out: Path, ctx: Dist, tokenizer=None, lora_base: str = "") ->
     if ctx.is_main:
         inner = unwrap(model)
         if isinstance(inner, RewardModel):  # *ForSequenceClassification layout
-            save_reward_model(inner, out, state_dict=state)
+            save_reward_model(inner, out, state_dict=state, lora_base=lora_base)
         elif lora.lora_modules(inner):
             save_pretrained(inner, out, state_dict=lora.merged_state_dict(inner, state))
             lora.save_adapter(inner, out / "adapter", lora_base, state_dict=state)
@@ -69,10 +69,10 @@ def save_hf(model, out: Path, ctx: Dist, tokenizer=None, lora_base: str = "") ->
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, ctx: Dist, tokenizer=None,
-                    lora_base: str = "", extra_models: dict | None = None) -> Path:
+                    lora_base: str = "", extra_models: dict | None = None, extra_lora_bases: dict | None = None) -> Path:
     """Collective: every rank calls it. Returns the checkpoint folder. `extra_models` {name: model}: models the
     same optimizer trains beside the policy (PPO's value model), each written in Hugging Face layout into the
-    subfolder of its name."""
+    subfolder of its name; `extra_lora_bases` {name: the base model its adapters apply to}."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
@@ -82,7 +82,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, c
     barrier()
     save_hf(model, tmp, ctx, tokenizer, lora_base)
     for name, extra in (extra_models or {}).items():
-        save_hf(extra, tmp / name, ctx)
+        save_hf(extra, tmp / name, ctx, lora_base=(extra_lora_bases or {}).get(name, ""))
     owner = optimizer_owner(model, extra_models)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict

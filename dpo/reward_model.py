@@ -191,17 +191,17 @@ def collate_reward_pairs(examples: list[dict], tokenizer, max_length: int) -> di
 
 
 def save_reward_model(model: RewardModel, directory, tokenizer=None, dtype: torch.dtype | None = None,
-                      state_dict: dict | None = None) -> None:
+                      state_dict: dict | None = None, lora_base: str = "") -> None:
     """config.json + model.safetensors (each atomic) + the tokenizer's files when given; with LoRA adapters,
-    the merged weights and adapter/. state_dict: the weights to write instead of model.state_dict() (e.g.
-    gathered from FSDP shards; same names)."""
+    the merged weights and adapter/ (`lora_base`: the model whose trunk they apply to). state_dict: the weights
+    to write instead of model.state_dict() (e.g. gathered from FSDP shards; same names)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.backbone.config
     mt = hf_checkpoint.model_type_of(cfg)
     state = model.state_dict() if state_dict is None else state_dict
     if lora.lora_modules(model):
-        lora.save_adapter(model.backbone, directory / "adapter", "",
+        lora.save_adapter(model.backbone, directory / "adapter", lora_base,
                           state_dict={k.removeprefix("backbone."): v for k, v in state.items()})
         state = lora.merged_state_dict(model, state)
     tensors = {}

@@ -95,7 +95,8 @@ def train_ppo(config: Config) -> dict:
                          "scaler": scaler.state_dict(), "log_lines": log.line_counts(),
                          "config": dataclasses.asdict(config)}
         checkpoint.save_checkpoint(out_dir, iteration, policy, optimizer, trainer_state, ctx, tokenizer,
-                                   config.model.name, extra_models={VALUE_MODEL: critic})
+                                   config.model.name, extra_models={VALUE_MODEL: critic},
+                                   extra_lora_bases={VALUE_MODEL: value_model_start(config)})
 
     progress = progress_bar(schedule.n_steps, iteration, enabled=ctx.is_main)
     for [indices] in schedule:  # one micro-batch per rank and iteration: this rank's share of the prompts
@@ -168,6 +169,12 @@ def build_reference(config: Config, policy: nn.Module, ctx: distributed.Dist):
     return load_model(resolve_model_dir(path), config, ctx, trainable=False)
 
 
+def value_model_start(config: Config) -> str:
+    """The model the critic starts from, as the config names it (see build_value_model)."""
+    kind, arg = check_spec(config.ppo.reward)
+    return config.ppo.value_model or (arg if kind == "reward_model" else config.model.name)
+
+
 def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_from) -> RewardModel:
     """The critic: a GPT with a scalar head read at every position (RewardModel(..., every_position=True)).
 
@@ -177,8 +184,9 @@ def build_value_model(config: Config, tokenizer, ctx: distributed.Dist, resume_f
     reward_model:DIR (as OpenAI's summarize-from-feedback and TRL's PPOTrainer do), else the initial policy's
     weights with a zero head (every value 0 at the start). On resume, the checkpoint's copy. With LoRA the trunk
     is that start, frozen, with adapters (on resume the checkpoint's adapter/ and head), and the head trains."""
-    kind, arg = check_spec(config.ppo.reward)
-    start = config.ppo.value_model or (arg if kind == "reward_model" else resolve_model_dir(config.model.name))
+    start = value_model_start(config)
+    if start == config.model.name:  # (a hub name is fetched; ppo.value_model and reward_model:DIR are folders)
+        start = resolve_model_dir(start)
     saved = resume_from and resume_from / VALUE_MODEL
     source = saved if saved and not config.lora.rank else start
     if is_reward_model_dir(source):

@@ -196,7 +196,11 @@ def test_lora_trains_only_the_adapters_and_the_critic_head_against_the_base_with
         assert torch.equal(reference_logps, model_token_logps(base, rollout)[0])
         assert not torch.allclose(reference_logps, model_token_logps(models["policy"], rollout)[0])
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").is_file()
-    saved_critic = load_reward_model(checkpoint.latest_checkpoint(tmp_path / "run") / "value_model")  # merged
+    saved_critic_dir = checkpoint.latest_checkpoint(tmp_path / "run") / "value_model"
+    # the critic's adapters name the model their trunk came from (here the SFT model, as ppo.value_model is unset)
+    assert json.loads((saved_critic_dir / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(sft_model)
+    saved_critic = load_reward_model(saved_critic_dir)  # merged
     with torch.no_grad():
         torch.testing.assert_close(saved_critic(rollout["input_ids"], rollout["attention_mask"], every_position=True),
                                    models["value_model"](rollout["input_ids"], rollout["attention_mask"],
