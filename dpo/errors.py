@@ -8,7 +8,8 @@ with exit status 1; anything else is a bug and keeps its traceback. DPO_TRACEBAC
 tracebacks too. Under torchrun a failure on one rank is reported by that rank alone; the others stop with
 PeerFailed and say only that (`rank 0: stopped: rank 1 failed`; dpo.distributed.fail_together). SIGTERM,
 which torchrun sends to the other ranks as soon as one fails (and a scheduler sends when it cancels a job),
-also ends a command with one `stopped:` line, exit status 143, after its `finally` blocks have run.
+and Ctrl-C also end a command with one `stopped:` line, after its `finally` blocks have run: exit status 143
+and 130, as a shell reports those signals.
 """
 import functools
 import os
@@ -37,31 +38,36 @@ def _raise_terminated(signum, frame):
                                                "or the job was cancelled" if several else ""))
 
 
+def _rank_prefix() -> str:
+    """`rank N: ` when this is one of several torchrun processes, else nothing."""
+    return f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+
+
 def error_lines(e: BaseException) -> str:
-    """`error: <problem>` per line of the message, `rank N: ` first when this is one of several torchrun
-    processes."""
-    rank = f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-    return "\n".join(f"{rank}error: {line}" for line in (str(e).strip() or type(e).__name__).splitlines())
+    """`error: <problem>` per line of the message, after the rank prefix."""
+    return "\n".join(f"{_rank_prefix()}error: {line}" for line in (str(e).strip() or type(e).__name__).splitlines())
 
 
 def entry_point(main):
     """Wrap a command's main(argv) -> int so that user errors end it with one line and exit status 1, and
-    SIGTERM with one line and exit status 143 (128 + the signal's number, as the shell reports it)."""
+    SIGTERM or Ctrl-C (SIGINT) with one `stopped:` line and exit status 128 + the signal's number, as a shell
+    reports a process that signal ended (143, 130)."""
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
         in_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there)
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
             return main(argv)
-        except (UserError, OSError, Terminated) as e:
+        except (UserError, OSError, Terminated, KeyboardInterrupt) as e:
             if os.environ.get("DPO_TRACEBACK") == "1":
                 raise
-            if isinstance(e, (PeerFailed, Terminated)):  # not this rank's error: say only why it stops
-                rank = f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-                print(f"{rank}stopped: {e}", file=sys.stderr, flush=True)
-            else:
+            if isinstance(e, (UserError, OSError)) and not isinstance(e, PeerFailed):
                 print(error_lines(e), file=sys.stderr, flush=True)
-            return 128 + signal.SIGTERM if isinstance(e, Terminated) else 1
+                return 1
+            # not this rank's error, or no error: say only why it stops
+            print(f"{_rank_prefix()}stopped: {str(e) or 'interrupted (SIGINT)'}", file=sys.stderr, flush=True)
+            signum = {Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(e))
+            return 1 if signum is None else 128 + signum
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

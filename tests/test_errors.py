@@ -53,3 +53,14 @@ def test_sigterm_stops_with_one_line_status_143_after_finally_blocks(capsys, mon
                 "2": "rank 1: stopped: terminated (SIGTERM): torchrun stops every rank once one fails "
                      "(its error is above), or the job was cancelled"}[world_size]
     assert capsys.readouterr().err.splitlines() == [expected]
+
+
+def test_ctrl_c_stops_with_one_line_and_status_130(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    @entry_point
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    assert main() == 128 + signal.SIGINT
+    assert capsys.readouterr().err.splitlines() == ["stopped: interrupted (SIGINT)"]
