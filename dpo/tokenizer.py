@@ -336,9 +336,6 @@ class Tokenizer:
             ids += self.backend.encode_ordinary(text[pos:])
         return ids
 
-    def encode_batch(self, texts, *, allow_special: bool = False) -> list[list[int]]:
-        return [self.encode(t, allow_special=allow_special) for t in texts]
-
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of `ids` (a list of ints or a 1-D tensor). skip_special_tokens drops eos/bos/pad and the
         other special tokens. SentencePiece: a special token splits the ids into runs decoded on their own."""

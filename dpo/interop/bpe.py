@@ -284,12 +284,6 @@ def _split_isolated(regex: re.Pattern, pieces: list[str]) -> list[str]:
     return out
 
 
-def pre_tokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
-    """Split `text` the way a tokenizers Split(pattern, "isolated") pre-tokenizer does: the matches of the
-    (tokenizers-syntax) pattern, and any gaps between them, in order."""
-    return _split_isolated(_compile(pattern, "pattern"), [text])
-
-
 def _prefix_space(pieces: list[str]) -> list[str]:
     return [p if p.startswith(" ") else " " + p for p in pieces]
 

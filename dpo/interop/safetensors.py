@@ -54,12 +54,6 @@ def read_header(path) -> tuple[dict, int]:
     return header, data_offset
 
 
-def read_metadata(path) -> dict:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)).get("__metadata__", {}) or {}
-
-
 def load_file(path, dtype: torch.dtype | None = None, names=None, device="cpu") -> dict[str, torch.Tensor]:
     """Load tensors (all, or those in `names`), floating-point ones cast to `dtype` if given."""
     header, data_offset = read_header(path)

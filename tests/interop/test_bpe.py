@@ -9,8 +9,8 @@ from tokenizers import Regex, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from dpo.interop.bpe import (GPT2_PATTERN, LLAMA3_PATTERN, NEWER_UNICODE, PRE_TOKENIZERS, ByteLevelBPE, TokenizerError,
-                             UnsupportedTokenizer, bytes_to_unicode, merge_word, pre_tokenize, pre_tokenizer_for,
-                             translate_pattern)
+                             UnsupportedTokenizer, _compile, _split_isolated, bytes_to_unicode, merge_word,
+                             pre_tokenizer_for, translate_pattern)
 
 # ---------------------------------------------------------------------------------------------------
 # The pre-tokenizer regexes, character by character over all of Unicode
@@ -31,7 +31,7 @@ def every_character() -> str:
 @pytest.mark.parametrize("pattern", [GPT2_PATTERN, LLAMA3_PATTERN, r"\p{N}", r"\d+|\p{Lu}\p{Ll}*|\P{L}+|[\p{Lm}\p{Lo}\p{M}]"])
 def test_pre_tokenizer_matches_oniguruma_on_every_character(pattern, every_character):
     ref = pre_tokenizers.Split(Regex(pattern), behavior="isolated").pre_tokenize_str(every_character)
-    assert pre_tokenize(every_character, pattern) == [piece for piece, _ in ref]
+    assert _split_isolated(_compile(pattern, "pattern"), [every_character]) == [piece for piece, _ in ref]
 
 
 def test_translate_pattern_rejects_what_it_cannot_translate():
