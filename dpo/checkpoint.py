@@ -69,7 +69,8 @@ def save_hf(model, out: Path, ctx: Dist, tokenizer=None, lora_base: str = "") ->
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, trainer_state: dict, ctx: Dist, tokenizer=None,
-                    lora_base: str = "", extra_models: dict | None = None, extra_lora_bases: dict | None = None) -> Path:
+                    lora_base: str = "", extra_models: dict | None = None,
+                    extra_lora_bases: dict | None = None) -> Path:
     """Collective: every rank calls it. Returns the checkpoint folder. `extra_models` {name: model}: models the
     same optimizer trains beside the policy (PPO's value model), each written in Hugging Face layout into the
     subfolder of its name; `extra_lora_bases` {name: the base model its adapters apply to}."""
