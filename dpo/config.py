@@ -245,11 +245,16 @@ def validate(config: Config) -> None:
     import torch
     if c.train.device == "cuda" and not torch.cuda.is_available():
         problems.append("train.device: cuda asked for, but no CUDA device is available (use auto or cpu)")
+    device = "cuda" if c.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    if (c.train.parallel == "fsdp" and c.loss.name != "ppo"  # (PPO refuses FSDP2 whatever the torch, below)
+            and device == "cpu" and not fsdp2_on_cpu()):
+        problems.append(f"train.parallel: FSDP2 on CPU needs torch >= 2.9 (2.6 fails in its first all-gather; 2.7 "
+                        f"and 2.8 sum the gradients over gloo where they average), this is torch "
+                        f"{torch.__version__}; use ddp, or a GPU")
     if c.train.mixed_precision == "fp16":
         if c.model.dtype != "float32":  # loss scaling unscales fp32 gradients of fp32 weights
             problems.append(f"train.mixed_precision: fp16 needs model.dtype float32 (fp32 weights, fp16 compute), "
                             f"got {c.model.dtype}")
-        device = "cuda" if c.train.device != "cpu" and torch.cuda.is_available() else "cpu"
         if not torch.amp.autocast_mode.is_autocast_available(device) or (
                 device == "cpu" and not fp16_autocast_on_cpu()):
             problems.append(f"train.mixed_precision: fp16 autocast is not available on {device} with torch "
@@ -353,6 +358,14 @@ def ppo_problems(c: Config) -> list[str]:
         ("lora.dropout", c.lora.dropout == 0, "0 with loss.name=ppo (π/π_old needs one network)", c.lora.dropout),
     ]
     return problems + [f"{key}: expected {expected}, got {value!r}" for key, ok, expected, value in ranges if not ok]
+
+
+def fsdp2_on_cpu() -> bool:
+    """Whether this torch's FSDP2 trains correctly on CPU (gloo): from 2.9 (2.7 and 2.8 leave the gradients
+    world_size times too large, with no error)."""
+    import torch
+    from torch.torch_version import TorchVersion
+    return TorchVersion(torch.__version__) >= (2, 9)
 
 
 def fp16_autocast_on_cpu() -> bool:

@@ -171,11 +171,20 @@ def unsharded_for_generation(model: nn.Module):
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in fsdp_modules:
         m.unshard()
-        m.set_reshard_after_forward(False, recurse=False)
+        _set_reshard_after_forward(m, False)
     try:
         yield
     finally:
         for m in fsdp_modules:
             m.reshard()
             # blocks reshard after forward in training; the root keeps FSDP2's default (it does not)
-            m.set_reshard_after_forward(m is not model, recurse=False)
+            _set_reshard_after_forward(m, m is not model)
+
+
+def _set_reshard_after_forward(m: nn.Module, reshard: bool) -> None:
+    """m.set_reshard_after_forward(reshard, recurse=False). torch 2.6 and 2.7 lack it: there the setting is the
+    mesh the module's parameter group reshards to after forward (None: the parameters stay whole)."""
+    if hasattr(m, "set_reshard_after_forward"):
+        m.set_reshard_after_forward(reshard, recurse=False)
+    elif (group := m._get_fsdp_state()._fsdp_param_group) is not None:
+        group.post_forward_mesh_info = group.mesh_info if reshard else None

@@ -1,5 +1,6 @@
 """Config loading: YAML + dotted overrides, type checks, unknown keys rejected with the valid ones."""
 import pytest
+import torch
 
 from dpo.config import Config, ConfigError, check_paths, load_config, save_config, validate
 
@@ -61,6 +62,23 @@ def test_a_bad_ppo_value_is_one_line_naming_the_key(override, line):
     with pytest.raises(ConfigError) as error:
         validate(config)
     assert str(error.value) == line
+
+
+@pytest.mark.parametrize("version, valid", [("2.6.0+cu124", False), ("2.8.0", False), ("2.9.0", True),
+                                            ("2.13.0+cpu", True), ("2.10.0.dev20251001", True)])
+def test_fsdp_on_cpu_needs_a_torch_whose_fsdp2_averages_over_gloo(monkeypatch, version, valid):
+    """torch 2.6's FSDP2 fails on CPU in its first all-gather; 2.7's and 2.8's sum the gradients where they average
+    (world_size times too large, no error). validate refuses them, naming the key."""
+    monkeypatch.setattr(torch, "__version__", version)
+    config = load_config(None, ["train.parallel=fsdp", "train.device=cpu"])
+    if valid:
+        validate(config)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert str(error.value) == (f"train.parallel: FSDP2 on CPU needs torch >= 2.9 (2.6 fails in its first "
+                                f"all-gather; 2.7 and 2.8 sum the gradients over gloo where they average), this is "
+                                f"torch {version}; use ddp, or a GPU")
 
 
 def test_ppo_takes_lora():

@@ -15,13 +15,14 @@ import torch
 
 import train
 from dpo import checkpoint, losses, quickstart
-from dpo.config import load_config
+from dpo.config import fsdp2_on_cpu, load_config
 from dpo.interop.hf_checkpoint import load_pretrained, save_pretrained
 from dpo.interop.safetensors import load_file
 from dpo.model import GPT, GPTConfig
 from dpo.tokenizer import Tokenizer, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]
+NEEDS_CPU_FSDP2 = pytest.mark.skipif(not fsdp2_on_cpu(), reason="FSDP2 on CPU needs torch >= 2.9")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def torchrun(out_dir: Path, base_model: Path, *extra: str):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=NEEDS_CPU_FSDP2)])
 def test_two_processes_equal_one(base_model, tmp_path, mode):
     """Same global batch (8 pairs: 1 process x 2 micro-batches of 4 vs 2 ranks x 1 of 4), 3 steps."""
     run(base_model, tmp_path / "one", "train.micro_batch_size=4")
@@ -524,6 +525,7 @@ def test_fp16_trains_and_resumes_exactly(base_model, tmp_path, monkeypatch):
     assert_weights_close(final_weights(tmp_path / "full"), final_weights(tmp_path / "killed"), 0.0)
 
 
+@NEEDS_CPU_FSDP2
 def test_fp16_under_fsdp2_runs_with_a_sharded_scaler(base_model, tmp_path):
     torchrun(tmp_path / "fsdp", base_model, "train.micro_batch_size=4", "train.parallel=fsdp",
              "train.mixed_precision=fp16")
@@ -600,7 +602,7 @@ def test_dpo_on_conversations_with_lora(chat_model, tmp_path):
     assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=NEEDS_CPU_FSDP2)])
 def test_lora_with_two_processes_equals_one(base_model, tmp_path, mode):
     """LoRA under DDP / FSDP2 (adapters sharded with their layers; the reference = adapters off on every rank)
     trains the same weights as one process."""
