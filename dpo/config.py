@@ -361,8 +361,8 @@ def ppo_problems(c: Config) -> list[str]:
 
 
 def fsdp2_on_cpu() -> bool:
-    """Whether this torch's FSDP2 trains correctly on CPU (gloo): from 2.9 (2.7 and 2.8 leave the gradients
-    world_size times too large, with no error)."""
+    """Whether this torch's FSDP2 trains correctly on CPU (gloo): from 2.9 (2.6's stops at its first all-gather;
+    2.7's and 2.8's leave the gradients world_size times too large, with no error)."""
     import torch
     from torch.torch_version import TorchVersion
     return TorchVersion(torch.__version__) >= (2, 9)
