@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "DPO_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
 GPT2_VOCAB = dict(vocab_size=50257, n_positions=1024)
+RESPONSE_WORDS, MAX_LENGTH = 40, 1024
 
 
 def model_shape(args) -> dict:
@@ -68,7 +69,6 @@ def model_shape(args) -> dict:
 
 def memory_name(args) -> str:
     return "peak GPU memory" if args.device == "cuda" else "peak RSS"
-RESPONSE_WORDS, MAX_LENGTH = 40, 1024
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -374,8 +374,9 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
     try:
         model = work / "model"
-        n_body = build_model(model, args.data / "gpt2", model_shape(args))
-        print(f"model: GPT-2 shape {model_shape(args)}, N_body {n_body / 1e6:.2f}M, fp32 weights, random init "
+        shape = model_shape(args)
+        n_body = build_model(model, args.data / "gpt2", shape)
+        print(f"model: GPT-2 shape {shape}, N_body {n_body / 1e6:.2f}M, fp32 weights, random init "
               f"(seed 0), in {model}; device {args.device}{', bf16 autocast' if args.bf16 else ''}")
         print("tokens per step = mean over the pairs of (2*prompt + chosen + rejected, EOS included) x batch; "
               "tokens/s = that / median step time")

@@ -32,15 +32,19 @@ class Terminated(BaseException):
     failure of the work it interrupts."""
 
 
+def _several_ranks() -> bool:
+    """Whether this is one of several torchrun processes."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
 def _raise_terminated(signum, frame):
-    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
     raise Terminated("terminated (SIGTERM)" + (": torchrun stops every rank once one fails (its error is above), "
-                                               "or the job was cancelled" if several else ""))
+                                               "or the job was cancelled" if _several_ranks() else ""))
 
 
 def _rank_prefix() -> str:
     """`rank N: ` when this is one of several torchrun processes, else nothing."""
-    return f"rank {os.environ.get('RANK', 0)}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    return f"rank {os.environ.get('RANK', 0)}: " if _several_ranks() else ""
 
 
 def error_lines(e: BaseException) -> str:
