@@ -269,7 +269,8 @@ def test_logits_within_the_budget_are_not_recomputed_in_backward():
 
 def test_chunk_bounds_keep_what_fits_and_recompute_the_rest():
     """Chunks cover the rows in order; kept rows plus any one recomputed chunk never exceed the n that fit."""
-    assert chunk_bounds(10, 4, with_grad=False) == ([0, 4, 8, 10], 0)
+    assert chunk_bounds(10, 8, with_grad=False) == ([0, 2, 4, 6, 8, 10], 0)  # no gradient: chunks of n/4
+    assert chunk_bounds(0, 8, with_grad=False) == ([0], 0)
     assert chunk_bounds(10, 16, with_grad=True) == ([0, 10], 10)
     assert chunk_bounds(10, 8, with_grad=True) == ([0, 6, 8, 10], 6)
     assert chunk_bounds(3, 1, with_grad=True) == ([0, 1, 2, 3], 0)
